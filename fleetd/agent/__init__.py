@@ -1,0 +1,1 @@
+"""The agent role: registration, heartbeats, downloads, residency, inference over local Ollama."""

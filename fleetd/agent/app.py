@@ -1,0 +1,56 @@
+"""Builds the agent's aiohttp Application: one port for the coordinator and for clients."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from aiohttp import web
+
+from fleetd.agent import status_api
+from fleetd.agent.link import GPU_PROBE, default_name, run_link
+from fleetd.agent.runtime import RUNTIME, Runtime, load_identity
+from fleetd.config import Config, expand
+from fleetd.core import tokens
+from fleetd.core.errors import StartupError, error_middleware
+from fleetd.core.http import client_ctx
+from fleetd.core.plugins import load_plugin
+
+
+def _identity(data_dir: Path) -> tuple[str, list[str]]:
+    try:
+        return load_identity(data_dir)
+    except OSError as e:
+        raise StartupError(f"agent.data_dir = {str(data_dir)!r}: {e.strerror or e}") from None
+
+
+async def build_app(config: Config) -> web.Application:
+    a = config.agent
+    data_dir = expand(a.data_dir)
+    instance_id, supported = await asyncio.to_thread(_identity, data_dir)
+    agent_token = await asyncio.to_thread(
+        tokens.read_existing, data_dir, "agent_token", config.secrets.agent_token
+    )
+    if agent_token is None:
+        raise StartupError(
+            "agent token missing: set FLEETD_AGENT_TOKEN (the coordinator's is in its "
+            f"data_dir/agent_token) or write it to {data_dir / 'agent_token'}"
+        )
+    probe_cls = load_plugin("fleetd.gpu", a.gpu.probe, "agent.gpu.probe")
+    rt = Runtime(a, agent_token, data_dir)
+    rt.instance_id = instance_id
+    rt.supported_models = supported
+    rt.name = a.name or default_name()
+
+    app = web.Application(middlewares=[error_middleware], client_max_size=8 << 20)
+    app[RUNTIME] = rt
+    app[GPU_PROBE] = probe_cls(a)
+    app.cleanup_ctx.extend([client_ctx(), run_link])
+    app.router.add_routes(status_api.routes)
+    return app
+
+
+def advertise(rt: Runtime, bound_url: str) -> None:
+    """The URL the coordinator will use: configured, or derived from where we listen."""
+    rt.url = rt.config.advertise_url or bound_url
+    rt.bound.set()

@@ -1,0 +1,236 @@
+"""The agent's link to the coordinator: register (with backoff), then heartbeat forever.
+
+A 403 ``gpu_required`` ends the agent with one clear line; a 404 on heartbeat means the
+coordinator forgot us (new database), so we register again; anything else is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from fleetd import __version__
+from fleetd.agent.runtime import RUNTIME, Runtime
+from fleetd.core.gpu import Gpu, GpuProbe
+from fleetd.core.http import CLIENT
+from fleetd.core.ollama import Ollama, OllamaError, error_message
+from fleetd.core.wire import Heartbeat, InstalledModel, Registration, RegistrationReply
+
+log = logging.getLogger("fleetd.agent.link")
+
+GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
+EXIT_NO_GPU = 3
+TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
+
+
+class _Rejected(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+
+
+class _ErrorBody(msgspec.Struct):
+    error: dict[str, str] | str
+
+
+def _rejection(status: int, body: bytes) -> _Rejected:
+    try:
+        err = msgspec.json.decode(body, type=_ErrorBody).error
+        if isinstance(err, dict):
+            return _Rejected(status, err.get("code", ""), err.get("message", ""))
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        pass
+    return _Rejected(status, "", error_message(body))
+
+
+def _cpu_times() -> tuple[float, float]:
+    with open("/proc/stat", encoding="ascii") as f:
+        parts = [float(x) for x in f.readline().split()[1:]]
+    idle = parts[3] + (parts[4] if len(parts) > 4 else 0)
+    return sum(parts), idle
+
+
+def _memory_percent() -> float | None:
+    info: dict[str, int] = {}
+    with open("/proc/meminfo", encoding="ascii") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            info[key] = int(rest.split()[0])
+    total, avail = info.get("MemTotal"), info.get("MemAvailable")
+    if not total or avail is None:
+        return None
+    return round(100.0 * (total - avail) / total, 1)
+
+
+class Link:
+    def __init__(self, rt: Runtime, session: aiohttp.ClientSession, probe: GpuProbe) -> None:
+        self.rt = rt
+        self.session = session
+        self.probe = probe
+        self.base = rt.config.coordinator_url
+        self._cpu_prev: tuple[float, float] | None = None
+        self.ollamas = [Ollama(session, s.url) for s in rt.config.ollama]
+
+    async def _post(self, path: str, payload: msgspec.Struct) -> RegistrationReply:
+        async with self.session.post(
+            self.base + path,
+            data=msgspec.json.encode(payload),
+            headers={**self.rt.auth_headers(), "Content-Type": "application/json"},
+            timeout=TIMEOUT,
+        ) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise _rejection(r.status, body)
+        return msgspec.json.decode(body, type=RegistrationReply)
+
+    async def _installed(self) -> tuple[list[str], list[InstalledModel] | None]:
+        versions: list[str] = []
+        models: dict[str, InstalledModel] = {}
+        try:
+            for o in self.ollamas:
+                versions.append(await o.version())
+                for m in await o.tags():
+                    models.setdefault(m.name, m)
+        except OllamaError as e:
+            log.warning("%s", e)
+            return versions, None
+        return versions, list(models.values())
+
+    def _load(self) -> tuple[float | None, float | None]:
+        """CPU percent since the last call and memory percent; blocking /proc reads."""
+        try:
+            total, idle = _cpu_times()
+            mem = _memory_percent()
+        except (OSError, ValueError, IndexError):
+            return None, None
+        cpu = None
+        if self._cpu_prev is not None and total > self._cpu_prev[0]:
+            dt, di = total - self._cpu_prev[0], idle - self._cpu_prev[1]
+            cpu = round(100.0 * (1 - di / dt), 1)
+        self._cpu_prev = (total, idle)
+        return cpu, mem
+
+    async def register(self) -> None:
+        """Until registered: a refusal for lack of GPU stops the agent; other failures retry."""
+        delay = 1.0
+        while True:
+            gpus = await self.probe.probe()
+            versions, models = await self._installed()
+            reg = Registration(
+                name=self.rt.name,
+                url=self.rt.url,
+                gpus=[Gpu(name=g.name, memory_bytes=g.memory_bytes) for g in gpus],
+                instance_id=self.rt.instance_id,
+                version=__version__,
+                ollama_versions=versions,
+                models=models,
+            )
+            try:
+                reply = await self._post("/api/agents", reg)
+            except _Rejected as e:
+                if e.status == 403 and e.code == "gpu_required":
+                    log.error(
+                        "coordinator refused this agent: no GPU found (probe %r): %s",
+                        self.probe.name,
+                        e,
+                    )
+                    self.rt.fail(EXIT_NO_GPU)
+                    return
+                log.warning(
+                    "registration at %s refused (HTTP %d): %s; retrying in %.0fs",
+                    self.base,
+                    e.status,
+                    e,
+                    delay,
+                )
+            except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as e:
+                log.warning(
+                    "coordinator %s unreachable (%s); retrying in %.0fs",
+                    self.base,
+                    e or type(e).__name__,
+                    delay,
+                )
+            else:
+                self.rt.agent_id = reply.agent.id
+                await self.rt.set_supported(reply.supported_models)
+                log.info(
+                    "registered with %s as agent %s (%s)", self.base, reply.agent.id, self.rt.name
+                )
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+    async def heartbeat_once(self) -> None:
+        rt = self.rt
+        gpus = await self.probe.probe()
+        cpu, mem = await asyncio.to_thread(self._load)
+        hb = Heartbeat(
+            initializing=rt.initializing,
+            ready_models=rt.readiness.ready(rt.supported_models),
+            total_models=len(rt.supported_models),
+            requests_in_flight=rt.in_flight,
+            gpus=gpus or None,
+            cpu_percent=cpu,
+            memory_percent=mem,
+            status_message=rt.readiness.message,
+            loaded_models=sorted(rt.readiness.loaded),
+        )
+        reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)
+        await rt.set_supported(reply.supported_models)
+
+    async def run(self) -> None:
+        await self.rt.bound.wait()
+        await self.register()
+        interval = self.rt.config.heartbeat_interval_s
+        failing_since: float | None = None
+        while not self.rt.stop.is_set():
+            try:
+                await asyncio.wait_for(self.rt.changed.wait(), timeout=interval)
+            except asyncio.TimeoutError:
+                pass
+            self.rt.changed.clear()
+            try:
+                await self.heartbeat_once()
+                if failing_since is not None:
+                    log.info("coordinator %s reachable again", self.base)
+                    failing_since = None
+            except _Rejected as e:
+                if e.status == 404:
+                    log.warning(
+                        "coordinator does not know agent %s; registering again", self.rt.agent_id
+                    )
+                    await self.register()
+                else:
+                    log.warning("heartbeat refused (HTTP %d): %s", e.status, e)
+            except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as e:
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.warning(
+                        "heartbeat to %s failed (%s); will keep trying",
+                        self.base,
+                        e or type(e).__name__,
+                    )
+
+
+def default_name() -> str:
+    return os.environ.get("HOSTNAME") or socket.gethostname()
+
+
+async def run_link(app: web.Application) -> AsyncIterator[None]:
+    link = Link(app[RUNTIME], app[CLIENT], app[GPU_PROBE])
+    task = asyncio.create_task(link.run(), name="agent-link")
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass

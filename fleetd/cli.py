@@ -1,0 +1,116 @@
+"""The ``fleetd`` command: ``--role coordinator|agent``, ``demo``, ``sim-ollama``.
+
+A thin mirror of the config: each flag names the key it overrides. Config and start-up
+errors become one line and exit 1; nothing here knows more than how to start a role.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from fleetd import __version__
+from fleetd.config import Config, ConfigError, load
+from fleetd.core.errors import StartupError
+from fleetd.core.server import run, serve, setup_logging
+
+log = logging.getLogger("fleetd")
+
+
+async def run_coordinator(config: Config) -> int:
+    from fleetd.coordinator.app import build_app
+
+    app = await build_app(config)
+    return await serve(app, config.coordinator.listen, "coordinator")
+
+
+async def run_agent(config: Config) -> int:
+    from fleetd.agent.app import advertise, build_app
+    from fleetd.agent.runtime import RUNTIME
+
+    app = await build_app(config)
+    rt = app[RUNTIME]
+
+    async def started(url: str) -> None:
+        advertise(rt, url)
+
+    code = await serve(app, config.agent.listen, "agent", on_started=started, stop=rt.stop)
+    return rt.exit_code or code
+
+
+def start(role: str, config: Config) -> int:
+    main_coro = run_coordinator(config) if role == "coordinator" else run_agent(config)
+    try:
+        return run(main_coro)
+    except (StartupError, ConfigError) as e:
+        log.error("%s", e)
+        return 1
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fleetd")
+@click.option("--role", type=click.Choice(["coordinator", "agent"]), help="Which role to run.")
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--listen", metavar="HOST:PORT", help="Overrides coordinator.listen / agent.listen.")
+@click.option("--data-dir", metavar="DIR", help="Overrides coordinator.data_dir / agent.data_dir.")
+@click.option("--coordinator", "coordinator_url", metavar="URL", help="agent.coordinator_url.")
+@click.option("--ollama", "ollama_urls", metavar="URL", multiple=True, help="agent.ollama urls.")
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+)
+@click.pass_context
+def main(
+    ctx: click.Context,
+    role: str | None,
+    config_path: str | None,
+    listen: str | None,
+    data_dir: str | None,
+    coordinator_url: str | None,
+    ollama_urls: tuple[str, ...],
+    log_level: str,
+) -> None:
+    """fleetd: turn GPU hosts running Ollama into one managed inference fleet."""
+    setup_logging(getattr(logging, log_level.upper()))
+    if ctx.invoked_subcommand is not None:
+        if role is not None:
+            raise click.UsageError(f"--role cannot be combined with {ctx.invoked_subcommand}")
+        return
+    if role is None:
+        click.echo(ctx.get_help())
+        ctx.exit(2)
+    if role == "coordinator" and (coordinator_url or ollama_urls):
+        flag = "--coordinator" if coordinator_url else "--ollama"
+        raise click.UsageError(
+            f"{flag} is an agent flag; it cannot be used with --role coordinator"
+        )
+    section = role
+    overrides: dict[str, Any] = {}
+    if listen is not None:
+        overrides[f"{section}.listen"] = listen
+    if data_dir is not None:
+        overrides[f"{section}.data_dir"] = data_dir
+    if coordinator_url is not None:
+        overrides["agent.coordinator_url"] = coordinator_url
+    try:
+        config = load(config_path, overrides, ollama_urls=list(ollama_urls) or None)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    sys.exit(start(role, config))
+
+
+def _register_subcommands() -> None:
+    try:
+        from fleetd.sim.cli import sim_ollama
+    except ImportError:  # TEMP until the simulator lands
+        return
+
+    main.add_command(sim_ollama, "sim-ollama")
+
+
+_register_subcommands()

@@ -1,0 +1,1 @@
+"""The coordinator role: agent registry, distribution, inference gateway, dashboard API."""

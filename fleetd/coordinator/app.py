@@ -1,0 +1,73 @@
+"""Builds the coordinator's aiohttp Application: resources in cleanup_ctx order, one route table."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from aiohttp import web
+
+from fleetd.config import Config, expand
+from fleetd.coordinator import agents_api, events_api
+from fleetd.coordinator.auth import TOKENS, Tokens
+from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
+from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
+from fleetd.coordinator.settings import SETTINGS
+from fleetd.core import tokens
+from fleetd.core.errors import StartupError, error_middleware
+from fleetd.core.events import EVENTS, EventBus
+from fleetd.core.http import client_ctx
+from fleetd.core.store import STORE, SqliteStore
+
+log = logging.getLogger("fleetd.coordinator")
+
+
+def _prepare_data_dir(path: Path) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise StartupError(f"coordinator.data_dir = {str(path)!r}: {e.strerror}") from None
+
+
+async def build_app(config: Config) -> web.Application:
+    """Everything that can fail at start-up (data_dir, tokens, plugins, database) fails here."""
+    c = config.coordinator
+    data_dir = expand(c.data_dir)
+    await asyncio.to_thread(_prepare_data_dir, data_dir)
+    admin = await asyncio.to_thread(
+        tokens.load_or_create, data_dir, "admin_token", config.secrets.admin_token, "admin token"
+    )
+    agent = await asyncio.to_thread(
+        tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
+    )
+    store = SqliteStore(data_dir / "fleetd.db")
+    try:
+        await store.open()
+    except Exception as e:
+        raise StartupError(f"coordinator.data_dir: cannot open database {store.path}: {e}") from e
+
+    app = web.Application(
+        middlewares=[metrics_middleware, error_middleware], client_max_size=8 << 20
+    )
+    app[SETTINGS] = c
+    app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
+    app[STORE] = store
+    app[EVENTS] = EventBus()
+    app[METRICS] = Metrics()
+    app[REGISTRY] = Registry(store, app[EVENTS], c.heartbeat_timeout_s)
+
+    async def close_store(app: web.Application) -> AsyncIterator[None]:
+        yield
+        await store.close()
+
+    async def end_streams(app: web.Application) -> None:
+        app[EVENTS].close_all()
+
+    app.cleanup_ctx.extend([close_store, client_ctx(), run_registry])
+    app.on_shutdown.append(end_streams)
+    app.router.add_routes(agents_api.routes)
+    app.router.add_routes(events_api.routes)
+    app.router.add_get("/metrics", serve_metrics)
+    return app

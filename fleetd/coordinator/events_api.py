@@ -1,0 +1,30 @@
+"""``GET /api/events``: task and agent changes as Server-Sent Events."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from fleetd.coordinator.auth import require_admin
+from fleetd.core.events import EVENTS
+
+routes = web.RouteTableDef()
+
+
+@routes.get("/api/events")
+async def stream_events(request: web.Request) -> web.StreamResponse:
+    require_admin(request)
+    resp = web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+        }
+    )
+    await resp.prepare(request)
+    await resp.write(b"retry: 2000\n\n")
+    try:
+        async for msg in request.app[EVENTS].subscribe():
+            await resp.write(msg)
+    except ConnectionResetError:
+        pass
+    return resp

@@ -1,0 +1,80 @@
+"""Prometheus metrics of one coordinator (a registry per app, so tests can run several)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from fleetd.coordinator.registry import REGISTRY
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.agents = Gauge("fleetd_agents", "Agents by status", ["status"], registry=r)
+        self.heartbeats = Counter(
+            "fleetd_heartbeats_received", "Heartbeats received from agents", registry=r
+        )
+        self.http_requests = Counter(
+            "fleetd_http_requests",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
+        )
+        self.inference_requests = Counter(
+            "fleetd_inference_requests",
+            "Inference requests by path and outcome",
+            ["path", "outcome"],
+            registry=r,
+        )
+        self.inference_latency = Histogram(
+            "fleetd_inference_latency_seconds",
+            "Time to the first response byte",
+            ["path"],
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "fleetd_gate_queue_depth", "Requests waiting for a ready agent", registry=r
+        )
+        self.in_flight = Gauge(
+            "fleetd_agent_requests_in_flight", "Requests in flight per agent", ["agent"], registry=r
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+METRICS = web.AppKey("metrics", Metrics)
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+        return resp
+    except web.HTTPException as e:
+        status = e.status
+        raise
+    finally:
+        info = request.match_info.route.resource
+        route = info.canonical if info is not None else "unmatched"
+        request.app[METRICS].http_requests.labels(route, str(status)).inc()
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    m = request.app[METRICS]
+    agents = request.app[REGISTRY].agents.values()
+    online = sum(1 for a in agents if a.status == "online")
+    initializing = sum(1 for a in agents if a.status == "online" and a.initializing)
+    m.agents.labels("online").set(online)
+    m.agents.labels("offline").set(len(agents) - online)
+    m.agents.labels("initializing").set(initializing)
+    return web.Response(body=m.render(), headers={"Content-Type": CONTENT_TYPE_LATEST})

@@ -1,0 +1,203 @@
+"""The agents the coordinator knows: registration, heartbeats, the offline sweep.
+
+Agents live in memory (the balancer, gate and API read them from here) and are written to
+the store in batches: registration and status changes at once, heartbeat figures lazily.
+Other parts of the coordinator react through listeners instead of polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import datetime, timezone
+
+from aiohttp import web
+
+from fleetd.core.events import EventBus
+from fleetd.core.store import Store
+from fleetd.core.wire import Agent, Heartbeat, Registration, utcnow
+
+log = logging.getLogger("fleetd.registry")
+
+Listener = Callable[[Agent], None]
+
+
+class Registry:
+    def __init__(self, store: Store, events: EventBus, heartbeat_timeout_s: float) -> None:
+        self.store = store
+        self.events = events
+        self.timeout = heartbeat_timeout_s
+        self.agents: dict[str, Agent] = {}
+        self._by_url: dict[str, str] = {}
+        self._by_instance: dict[str, str] = {}
+        self._seen: dict[str, float] = {}  # agent id -> monotonic time of last contact
+        self._dirty: set[str] = set()
+        self.on_online: list[Listener] = []
+        """Called when an agent registers or comes back from offline."""
+        self.on_offline: list[Listener] = []
+        self.on_change: list[Listener] = []
+        """Called on every change, heartbeats included (balancer, gate)."""
+        self.heartbeats = 0
+
+    async def load(self) -> None:
+        now = time.monotonic()
+        for a in await self.store.load_agents():
+            self._index(a)
+            # A restart is not the agents' fault: give each a full timeout to check in.
+            self._seen[a.id] = now
+        log.info("loaded %d agent(s) from the store", len(self.agents))
+
+    def _index(self, a: Agent) -> None:
+        self.agents[a.id] = a
+        self._by_url[a.url] = a.id
+        if a.instance_id:
+            self._by_instance[a.instance_id] = a.id
+
+    def get(self, agent_id: str) -> Agent | None:
+        return self.agents.get(agent_id)
+
+    def online(self) -> list[Agent]:
+        return [a for a in self.agents.values() if a.status == "online"]
+
+    def _notify(self, listeners: list[Listener], a: Agent) -> None:
+        for fn in listeners:
+            try:
+                fn(a)
+            except Exception:
+                log.exception("listener %r failed for agent %s", fn, a.id)
+
+    def _changed(self, a: Agent, persist: bool) -> None:
+        if persist:
+            self._dirty.add(a.id)
+        self.events.publish("agent", a)
+        self._notify(self.on_change, a)
+
+    async def register(self, reg: Registration) -> Agent:
+        """Same instance id or same URL → same agent, whatever else changed."""
+        agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
+            reg.url
+        )
+        was_online = False
+        if agent_id is not None:
+            a = self.agents[agent_id]
+            was_online = a.status == "online"
+            if a.url != reg.url:
+                self._by_url.pop(a.url, None)
+            a.name, a.url, a.gpus = reg.name, reg.url, reg.gpus
+            a.version, a.ollama_versions = reg.version, reg.ollama_versions
+            if reg.instance_id:
+                a.instance_id = reg.instance_id
+        else:
+            a = Agent(
+                id=uuid.uuid4().hex[:12],
+                name=reg.name,
+                url=reg.url,
+                gpus=reg.gpus,
+                instance_id=reg.instance_id,
+                version=reg.version,
+                ollama_versions=reg.ollama_versions,
+            )
+        a.status = "online"
+        a.last_seen = utcnow()
+        if not was_online:
+            # A fresh or returning agent reports its readiness from its first heartbeat on.
+            a.initializing = True
+        self._index(a)
+        self._seen[a.id] = time.monotonic()
+        await self.store.save_agents([a])
+        self._dirty.discard(a.id)
+        log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
+        self._changed(a, persist=False)
+        self._notify(self.on_online, a)
+        return a
+
+    def heartbeat(self, agent_id: str, hb: Heartbeat) -> Agent | None:
+        a = self.agents.get(agent_id)
+        if a is None:
+            return None
+        self.heartbeats += 1
+        self._seen[agent_id] = time.monotonic()
+        came_back = a.status == "offline"
+        persist = (
+            came_back
+            or a.initializing != hb.initializing
+            or a.ready_models != hb.ready_models
+            or a.total_models != hb.total_models
+            or a.status_message != hb.status_message
+        )
+        a.status = "online"
+        a.last_seen = utcnow()
+        a.initializing = hb.initializing
+        a.ready_models = hb.ready_models
+        a.total_models = hb.total_models
+        a.requests_in_flight = hb.requests_in_flight
+        a.cpu_percent = hb.cpu_percent
+        a.memory_percent = hb.memory_percent
+        a.status_message = hb.status_message
+        if hb.gpus:
+            a.gpus = hb.gpus
+        if hb.loaded_models is not None:
+            a.loaded_models = hb.loaded_models
+        if came_back:
+            log.info("agent %s (%s) is back online", a.name, a.id)
+        self._changed(a, persist)
+        if came_back:
+            self._notify(self.on_online, a)
+        return a
+
+    def touch(self, agent_id: str) -> None:
+        """Any authenticated contact from the agent proves it is alive."""
+        if agent_id in self._seen:
+            self._seen[agent_id] = time.monotonic()
+
+    def sweep(self) -> None:
+        deadline = time.monotonic() - self.timeout
+        for agent_id, seen in self._seen.items():
+            a = self.agents[agent_id]
+            if a.status == "online" and seen < deadline:
+                a.status = "offline"
+                log.warning(
+                    "agent %s (%s) offline: silent for more than %gs", a.name, a.id, self.timeout
+                )
+                self._changed(a, persist=True)
+                self._notify(self.on_offline, a)
+
+    async def flush(self) -> None:
+        if not self._dirty:
+            return
+        batch = [self.agents[i] for i in self._dirty if i in self.agents]
+        self._dirty.clear()
+        await self.store.save_agents(batch)
+
+    async def run(self) -> None:
+        interval = min(1.0, self.timeout / 4)
+        while True:
+            await asyncio.sleep(interval)
+            self.sweep()
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("writing agents to the store failed; will retry")
+
+
+def age_seconds(ts: datetime) -> float:
+    return (datetime.now(timezone.utc) - ts).total_seconds()
+
+
+REGISTRY = web.AppKey("registry", Registry)
+
+
+async def run_registry(app: web.Application) -> AsyncIterator[None]:
+    registry = app[REGISTRY]
+    await registry.load()
+    task = asyncio.create_task(registry.run(), name="registry-sweep")
+    yield
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    await registry.flush()

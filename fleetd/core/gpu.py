@@ -1,0 +1,29 @@
+"""The GPU probe contract (entry-point group ``fleetd.gpu``) and the figures it reports."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import msgspec
+
+from fleetd.config import AgentConfig
+
+
+class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
+    name: str
+    memory_bytes: int
+    memory_used_bytes: int | None = None
+    utilization: float | None = None
+
+
+class GpuProbe(Protocol):
+    """Constructed as ``Probe(config)``; ``probe()`` returns the GPUs now (empty = no GPU).
+
+    Blocking driver calls must run in a thread; a missing driver means "no GPU", not an error.
+    """
+
+    name: str
+
+    def __init__(self, config: AgentConfig) -> None: ...
+
+    async def probe(self) -> list[Gpu]: ...

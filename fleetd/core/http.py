@@ -1,0 +1,86 @@
+"""HTTP plumbing shared by both roles: the process's one ClientSession, JSON in and out, tokens."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import AsyncIterator
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+from aiohttp import web
+
+from fleetd.core.errors import ApiError, bad_request
+
+CLIENT = web.AppKey("client", aiohttp.ClientSession)
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def client_ctx(limit: int = 512) -> Any:
+    """A cleanup_ctx entry that opens the process's single ClientSession (sized pool)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
+        async with aiohttp.ClientSession(
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
+        ) as session:
+            app[CLIENT] = session
+            yield
+
+    return ctx
+
+
+def encode(obj: Any) -> bytes:
+    return _encoder.encode(obj)
+
+
+def json_response(
+    obj: Any, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=_encoder.encode(obj), status=status, content_type="application/json", headers=headers
+    )
+
+
+async def read_json(request: web.Request, type_: type[T]) -> T:
+    """Decode the body strictly into ``type_``; any problem is a 400 naming the field."""
+    body = await request.read()
+    if not body:
+        raise bad_request("request body is empty; expected a JSON object")
+    try:
+        return msgspec.json.decode(body, type=type_)
+    except msgspec.ValidationError as e:
+        raise bad_request(_validation_message(str(e))) from None
+    except msgspec.DecodeError as e:
+        raise bad_request(f"malformed JSON: {e}") from None
+
+
+def _validation_message(msg: str) -> str:
+    text, sep, where = msg.rpartition(" - at `")
+    if not sep:
+        return msg
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    text = text.replace("Object missing required field ", "missing required field ")
+    return f"{path}: {text}" if path else text
+
+
+def check_token(request: web.Request, expected: str) -> bool:
+    """Constant-time check of ``Authorization: Bearer <token>``."""
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "bearer" or not value:
+        return False
+    return hmac.compare_digest(value.strip().encode(), expected.encode())
+
+
+def require_token(request: web.Request, expected: str, what: str) -> None:
+    if not check_token(request, expected):
+        raise ApiError(
+            401,
+            "unauthorized",
+            f"missing or wrong {what} (send Authorization: Bearer <token>)",
+            headers={"WWW-Authenticate": "Bearer"},
+        )

@@ -1,0 +1,150 @@
+"""Talking to one Ollama server: version, installed and loaded models, load/unload.
+
+Replies are decoded leniently (fields come and go across Ollama versions); a reply that is
+not what Ollama sends is an ``OllamaError`` naming the server and the problem.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from fleetd.core.wire import InstalledModel
+
+SHORT = aiohttp.ClientTimeout(total=10, connect=5)
+
+
+class OllamaError(Exception):
+    """Ollama refused, failed or answered something unreadable; the message is one line."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class _Tag(msgspec.Struct):
+    name: str
+    size: int = 0
+    digest: str = ""
+    modified_at: datetime | None = None
+    model: str = ""
+
+
+class _Tags(msgspec.Struct):
+    models: list[_Tag] | None = None
+
+
+class LoadedModel(msgspec.Struct):
+    name: str
+    size: int = 0
+    size_vram: int = 0
+    expires_at: datetime | None = None
+    model: str = ""
+
+
+class _Ps(msgspec.Struct):
+    models: list[LoadedModel] | None = None
+
+
+class _Version(msgspec.Struct):
+    version: str
+
+
+def error_message(body: bytes) -> str:
+    """Ollama's ``{"error": "..."}`` text, or the raw body when it is something else."""
+    try:
+        obj = msgspec.json.decode(body)
+    except msgspec.DecodeError:
+        return body[:200].decode(errors="replace").strip() or "empty reply"
+    if isinstance(obj, dict):
+        err = obj.get("error")
+        if isinstance(err, str):
+            return err
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return str(err["message"])
+    return body[:200].decode(errors="replace")
+
+
+class Ollama:
+    """A client for one Ollama base URL, sharing the process's ClientSession."""
+
+    def __init__(self, session: aiohttp.ClientSession, url: str) -> None:
+        self.session = session
+        self.url = url.rstrip("/")
+
+    async def _get(self, path: str, type_: type[Any]) -> Any:
+        try:
+            async with self.session.get(self.url + path, timeout=SHORT) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise OllamaError(
+                        f"Ollama {self.url}{path}: HTTP {r.status}: {error_message(body)}", r.status
+                    )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise OllamaError(f"Ollama {self.url} unreachable: {e or type(e).__name__}") from None
+        try:
+            return msgspec.json.decode(body, type=type_)
+        except (msgspec.DecodeError, msgspec.ValidationError) as e:
+            raise OllamaError(f"Ollama {self.url}{path}: unreadable reply: {e}") from None
+
+    async def version(self) -> str:
+        v: _Version = await self._get("/api/version", _Version)
+        return v.version
+
+    async def tags(self) -> list[InstalledModel]:
+        t: _Tags = await self._get("/api/tags", _Tags)
+        return [
+            InstalledModel(
+                name=m.name or m.model, size=m.size, installed_at=m.modified_at, digest=m.digest
+            )
+            for m in t.models or []
+        ]
+
+    async def ps(self) -> list[LoadedModel]:
+        p: _Ps = await self._get("/api/ps", _Ps)
+        return [m for m in p.models or [] if m.name or m.model]
+
+    async def _post(
+        self, path: str, payload: dict[str, Any], timeout: aiohttp.ClientTimeout
+    ) -> bytes:
+        try:
+            async with self.session.post(
+                self.url + path,
+                data=msgspec.json.encode(payload),
+                timeout=timeout,
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                body = await r.read()
+                if r.status != 200:
+                    raise OllamaError(
+                        f"Ollama {self.url}{path}: HTTP {r.status}: {error_message(body)}", r.status
+                    )
+                return body
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise OllamaError(f"Ollama {self.url} unreachable: {e or type(e).__name__}") from None
+
+    async def load(self, model: str, keep_alive: int | str = -1) -> None:
+        """Load ``model`` (no prompt) with ``keep_alive``; -1 keeps it resident for good."""
+        await self._post(
+            "/api/generate",
+            {"model": model, "keep_alive": keep_alive},
+            aiohttp.ClientTimeout(total=600, connect=5),
+        )
+
+    async def delete(self, model: str) -> None:
+        try:
+            async with self.session.delete(
+                self.url + "/api/delete", data=msgspec.json.encode({"model": model}), timeout=SHORT
+            ) as r:
+                body = await r.read()
+                if r.status not in (200, 404):
+                    raise OllamaError(
+                        f"Ollama {self.url}/api/delete: HTTP {r.status}: {error_message(body)}",
+                        r.status,
+                    )
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise OllamaError(f"Ollama {self.url} unreachable: {e or type(e).__name__}") from None

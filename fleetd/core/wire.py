@@ -1,0 +1,137 @@
+"""The wire format between agents, the coordinator and API clients, as msgspec Structs.
+
+Decoding is strict on types; unknown fields are ignored so older and newer peers keep working.
+Timestamps are UTC datetimes (ISO 8601 on the wire).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Literal
+
+import msgspec
+
+from fleetd.core.gpu import Gpu
+
+TaskStatus = Literal["queued", "downloading", "completed", "failed", "waiting", "cancelled"]
+TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
+
+AGENT_PREFIX = "/fleetd"
+"""Where the agent's own API lives on its single port (never collides with /api or /v1)."""
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class InstalledModel(msgspec.Struct, kw_only=True):
+    """One model in an Ollama's ``/api/tags``, as the agent reports it."""
+
+    name: str
+    size: int
+    installed_at: datetime | None = None
+    digest: str = ""
+
+
+class Registration(msgspec.Struct, kw_only=True):
+    """``POST /api/agents``; only name, url and gpus are required."""
+
+    name: str
+    url: str
+    gpus: list[Gpu]
+    instance_id: str = ""
+    version: str = ""
+    ollama_versions: list[str] = msgspec.field(default_factory=list)
+    models: list[InstalledModel] | None = None
+
+
+class Heartbeat(msgspec.Struct, kw_only=True):
+    """``POST /api/agents/{id}/heartbeat``."""
+
+    initializing: bool
+    ready_models: int
+    total_models: int
+    requests_in_flight: int = 0
+    gpus: list[Gpu] | None = None
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    status_message: str = ""
+    loaded_models: list[str] | None = None
+    models: list[InstalledModel] | None = None
+
+
+class Agent(msgspec.Struct, kw_only=True):
+    """The coordinator's view of an agent, exactly as ``GET /api/agents/{id}`` returns it."""
+
+    id: str
+    name: str
+    url: str
+    status: Literal["online", "offline"] = "online"
+    initializing: bool = True
+    ready_models: int = 0
+    total_models: int = 0
+    gpus: list[Gpu] = msgspec.field(default_factory=list)
+    last_seen: datetime = msgspec.field(default_factory=utcnow)
+    registered_at: datetime = msgspec.field(default_factory=utcnow)
+    instance_id: str = ""
+    version: str = ""
+    ollama_versions: list[str] = msgspec.field(default_factory=list)
+    requests_in_flight: int = 0
+    cpu_percent: float | None = None
+    memory_percent: float | None = None
+    status_message: str = ""
+    loaded_models: list[str] = msgspec.field(default_factory=list)
+
+
+class RegistrationReply(msgspec.Struct, kw_only=True):
+    """What the coordinator answers to a registration or heartbeat: the agent plus orders."""
+
+    agent: Agent
+    supported_models: list[str]
+
+
+class Task(msgspec.Struct, kw_only=True):
+    """A download task, exactly as ``GET /api/tasks/{id}`` returns it."""
+
+    id: str
+    agent_id: str
+    model: str
+    status: TaskStatus = "queued"
+    progress: float = 0.0
+    completed_bytes: int = 0
+    total_bytes: int = 0
+    speed_bps: float = 0.0
+    eta_s: float | None = None
+    created_at: datetime = msgspec.field(default_factory=utcnow)
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    error: str | None = None
+    redownload: bool = False
+    agent_name: str = ""
+
+
+class Order(msgspec.Struct, kw_only=True):
+    """Coordinator → agent: ``POST {agent}/fleetd/tasks``. Idempotent by ``task_id``."""
+
+    task_id: str
+    model: str
+    redownload: bool = False
+
+
+class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """Agent → coordinator: the state of one of its tasks."""
+
+    task_id: str
+    status: TaskStatus
+    completed_bytes: int = 0
+    total_bytes: int = 0
+    speed_bps: float = 0.0
+    eta_s: float | None = None
+    error: str | None = None
+
+
+class ProgressReport(msgspec.Struct, kw_only=True):
+    """Agent → coordinator: ``POST /api/agents/{id}/progress``, at least once a second."""
+
+    tasks: list[TaskUpdate]
+    models: list[InstalledModel] | None = None
