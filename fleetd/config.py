@@ -14,6 +14,7 @@ from typing import Any
 
 import msgspec
 
+from fleetd.core.errors import explain_validation
 from fleetd.core.names import InvalidModelName, normalize
 
 if sys.version_info >= (3, 11):
@@ -98,25 +99,9 @@ class Config(_Section):
     secrets: Secrets = msgspec.field(default_factory=Secrets)
 
 
-_PATH_RE = re.compile(r"\$\.?([\w.\[\]]*)")
-
-
 def _dotted(msg: str) -> str:
-    """Turn msgspec's ``... - at `$.agent.gpu.devices[0]` `` into ``agent.gpu.devices[0]: ...``."""
-    text, sep, where = msg.rpartition(" - at `")
-    if not sep:
-        return msg
-    path = where.rstrip("`").removeprefix("$").removeprefix(".")
-    if text.startswith("Object contains unknown field "):
-        field = text.removeprefix("Object contains unknown field ").strip("`")
-        key = f"{path}.{field}" if path else field
-        return f"{key}: unknown key"
-    if text.startswith("Object missing required field "):
-        field = text.removeprefix("Object missing required field ").strip("`")
-        key = f"{path}.{field}" if path else field
-        return f"{key}: required key is missing"
-    text = text.replace("Expected `", "expected ").replace("`, got `", ", got ").rstrip("`")
-    return f"{path}: {text}"
+    path, reason = explain_validation(msg)
+    return f"{path}: {reason}" if path else reason
 
 
 def _parse_listen(key: str, value: str) -> None:

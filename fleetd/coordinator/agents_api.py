@@ -37,8 +37,9 @@ async def register_agent(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"url: expected an http(s) URL, got {reg.url!r}")
     if not reg.name.strip():
         raise ApiError(400, "bad_request", "name: must not be empty")
-    agent = await request.app[REGISTRY].register(reg)
-    reply = RegistrationReply(agent=agent, supported_models=request.app[SETTINGS].supported_models)
+    supported = request.app[SETTINGS].supported_models
+    agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
+    reply = RegistrationReply(agent=agent, supported_models=supported)
     return json_response(reply, status=200)
 
 

@@ -75,8 +75,12 @@ class Registry:
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
 
-    async def register(self, reg: Registration) -> Agent:
-        """Same instance id or same URL → same agent, whatever else changed."""
+    async def register(self, reg: Registration, total_models: int) -> Agent:
+        """Same instance id or same URL → same agent, whatever else changed.
+
+        A fresh or returning agent is ``initializing`` with ``total_models`` to go until its
+        first heartbeat says otherwise.
+        """
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
         )
@@ -103,8 +107,8 @@ class Registry:
         a.status = "online"
         a.last_seen = utcnow()
         if not was_online:
-            # A fresh or returning agent reports its readiness from its first heartbeat on.
             a.initializing = True
+            a.total_models = total_models
         self._index(a)
         self._seen[a.id] = time.monotonic()
         await self.store.save_agents([a])

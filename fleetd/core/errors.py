@@ -41,6 +41,24 @@ class ApiError(Exception):
         self.param = param
 
 
+def explain_validation(msg: str) -> tuple[str, str]:
+    """Split msgspec's ``Expected `int`, got `str` - at `$.a.b[0]` `` into a dotted path
+    (``a.b[0]``, empty for the root) and a lower-case reason (``expected int, got str``)."""
+    text, sep, where = msg.rpartition(" - at `")
+    if not sep:
+        text, where = msg, ""
+    path = where.rstrip("`").removeprefix("$").removeprefix(".")
+    for prefix, what in (
+        ("Object contains unknown field ", "unknown key"),
+        ("Object missing required field ", "required key is missing"),
+    ):
+        if text.startswith(prefix):
+            field = text.removeprefix(prefix).strip("`")
+            return (f"{path}.{field}" if path else field), what
+    text = text.replace("Expected `", "expected ").replace("`, got `", ", got ").rstrip("`")
+    return path, text
+
+
 def bad_request(message: str, *, code: str = "bad_request", param: str | None = None) -> ApiError:
     return ApiError(400, code, message, param=param)
 

@@ -10,7 +10,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from fleetd.core.errors import ApiError, bad_request
+from fleetd.core.errors import ApiError, bad_request, explain_validation
 
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 
@@ -59,12 +59,12 @@ async def read_json(request: web.Request, type_: type[T]) -> T:
 
 
 def _validation_message(msg: str) -> str:
-    text, sep, where = msg.rpartition(" - at `")
-    if not sep:
-        return msg
-    path = where.rstrip("`").removeprefix("$").removeprefix(".")
-    text = text.replace("Object missing required field ", "missing required field ")
-    return f"{path}: {text}" if path else text
+    path, reason = explain_validation(msg)
+    if reason == "unknown key":
+        reason = "unknown field"
+    elif reason == "required key is missing":
+        reason = "required field is missing"
+    return f"{path}: {reason}" if path else f"request body: {reason}"
 
 
 def check_token(request: web.Request, expected: str) -> bool:

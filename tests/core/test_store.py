@@ -1,0 +1,76 @@
+"""The SQLite store: round trips, batched writes from many coroutines, schema versioning."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fleetd.core.store import MIGRATIONS, SqliteStore
+from fleetd.core.wire import Agent, InstalledModel, Task
+
+
+async def open_store(path: Path) -> SqliteStore:
+    s = SqliteStore(path / "fleetd.db")
+    await s.open()
+    return s
+
+
+async def test_agents_tasks_and_installed_survive_reopening(tmp_path: Path) -> None:
+    s = await open_store(tmp_path)
+    a = Agent(id="a1", name="gpu-1", url="http://h:11435")
+    t = Task(id="t1", agent_id="a1", model="gpt-oss:20b", status="downloading", progress=0.5)
+    await asyncio.gather(
+        s.save_agents([a]),
+        s.save_tasks([t]),
+        s.replace_installed("a1", [InstalledModel(name="qwen3-coder:30b", size=5)]),
+        s.set_kv("catalog", b"{}"),
+    )
+    await s.close()
+    s = await open_store(tmp_path)
+    assert await s.load_agents() == [a]
+    assert await s.load_tasks() == [t]
+    assert await s.load_installed() == {"a1": [InstalledModel(name="qwen3-coder:30b", size=5)]}
+    assert await s.get_kv("catalog") == b"{}"
+    assert await s.get_kv("missing") is None
+    await s.close()
+
+
+async def test_many_concurrent_writes_all_land(tmp_path: Path) -> None:
+    s = await open_store(tmp_path)
+    await asyncio.gather(
+        *(s.save_tasks([Task(id=f"t{i}", agent_id="a", model="m:1")]) for i in range(300))
+    )
+    assert len(await s.load_tasks()) == 300
+    await s.close()
+    await s.close()  # idempotent
+
+
+async def test_replace_installed_replaces(tmp_path: Path) -> None:
+    s = await open_store(tmp_path)
+    await s.replace_installed("a", [InstalledModel(name="x:1", size=1)])
+    await s.replace_installed("a", [InstalledModel(name="y:1", size=2)])
+    assert [m.name for m in (await s.load_installed())["a"]] == ["y:1"]
+    await s.close()
+
+
+async def test_database_is_wal_and_versioned(tmp_path: Path) -> None:
+    s = await open_store(tmp_path)
+    await s.close()
+    conn = sqlite3.connect(tmp_path / "fleetd.db")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert conn.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
+    conn.execute("PRAGMA user_version=999")
+    conn.commit()
+    conn.close()
+    with pytest.raises(RuntimeError, match="newer than this fleetd"):
+        await open_store(tmp_path)
+
+
+async def test_closed_store_refuses_work(tmp_path: Path) -> None:
+    s = await open_store(tmp_path)
+    await s.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        await s.load_agents()
