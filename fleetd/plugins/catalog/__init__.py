@@ -1,0 +1,1 @@
+"""Built-in model catalogs: ``ollama-library``, the public library at ollama.com."""
