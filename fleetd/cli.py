@@ -105,10 +105,7 @@ def main(
 
 
 def _register_subcommands() -> None:
-    try:
-        from fleetd.sim.cli import sim_ollama
-    except ImportError:  # TEMP until the simulator lands
-        return
+    from fleetd.sim.cli import sim_ollama
 
     main.add_command(sim_ollama, "sim-ollama")
 
