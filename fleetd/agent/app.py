@@ -7,8 +7,10 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fleetd.agent import status_api
+from fleetd.agent import inference_api, orders_api, status_api
+from fleetd.agent.downloads import run_downloads
 from fleetd.agent.link import GPU_PROBE, default_name, run_link
+from fleetd.agent.residency import run_residency
 from fleetd.agent.runtime import RUNTIME, Runtime, load_identity
 from fleetd.config import Config, expand
 from fleetd.core import tokens
@@ -42,11 +44,19 @@ async def build_app(config: Config) -> web.Application:
     rt.supported_models = supported
     rt.name = a.name or default_name()
 
-    app = web.Application(middlewares=[error_middleware], client_max_size=8 << 20)
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=8 << 20,
+        # A client that disconnects cancels its handler, and so its request to Ollama.
+        handler_args={"handler_cancellation": True},
+    )
     app[RUNTIME] = rt
     app[GPU_PROBE] = probe_cls(a)
-    app.cleanup_ctx.extend([client_ctx(), run_link])
+    app.cleanup_ctx.extend([client_ctx(), run_link, run_downloads, run_residency])
+    app.cleanup_ctx.append(inference_api.run_upstreams)
     app.router.add_routes(status_api.routes)
+    app.router.add_routes(orders_api.routes)
+    app.router.add_routes(inference_api.routes)
     return app
 
 

@@ -10,8 +10,17 @@ from pathlib import Path
 from aiohttp import web
 
 from fleetd.config import Config, expand
-from fleetd.coordinator import agents_api, events_api
+from fleetd.coordinator import (
+    agents_api,
+    catalog_api,
+    dashboard,
+    events_api,
+    inference_api,
+    tasks_api,
+)
 from fleetd.coordinator.auth import TOKENS, Tokens
+from fleetd.coordinator.distribution import run_distribution
+from fleetd.coordinator.gateway import gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
@@ -19,6 +28,7 @@ from fleetd.core import tokens
 from fleetd.core.errors import StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
+from fleetd.core.plugins import load_plugin
 from fleetd.core.store import STORE, SqliteStore
 
 log = logging.getLogger("fleetd.coordinator")
@@ -48,8 +58,12 @@ async def build_app(config: Config) -> web.Application:
     except Exception as e:
         raise StartupError(f"coordinator.data_dir: cannot open database {store.path}: {e}") from e
 
+    balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware], client_max_size=8 << 20
+        middlewares=[metrics_middleware, error_middleware],
+        client_max_size=8 << 20,
+        # A client that disconnects cancels its handler, and so its request to the agent.
+        handler_args={"handler_cancellation": True},
     )
     app[SETTINGS] = c
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
@@ -57,6 +71,7 @@ async def build_app(config: Config) -> web.Application:
     app[EVENTS] = EventBus()
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(store, app[EVENTS], c.heartbeat_timeout_s)
+    app[dashboard.ASSETS] = await dashboard.load_assets()
 
     async def close_store(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -65,9 +80,15 @@ async def build_app(config: Config) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
 
-    app.cleanup_ctx.extend([close_store, client_ctx(), run_registry])
+    app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
+    app.cleanup_ctx.append(gateway_ctx(balancer))
+    app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)
+    app.router.add_routes(tasks_api.routes)
+    app.router.add_routes(dashboard.routes)
+    app.router.add_routes(catalog_api.routes)
+    app.router.add_routes(inference_api.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

@@ -1,12 +1,15 @@
-"""Talking to one Ollama server: version, installed and loaded models, load/unload.
+"""Talking to one Ollama server: version, installed and loaded models, load/unload, pull.
 
 Replies are decoded leniently (fields come and go across Ollama versions); a reply that is
-not what Ollama sends is an ``OllamaError`` naming the server and the problem.
+not what Ollama sends is an ``OllamaError`` naming the server and the problem. ``transient``
+marks the failures worth retrying (unreachable server, a stream cut short), as opposed to
+Ollama's own verdicts (unknown model, no space left), which retrying cannot change.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -21,9 +24,15 @@ SHORT = aiohttp.ClientTimeout(total=10, connect=5)
 class OllamaError(Exception):
     """Ollama refused, failed or answered something unreadable; the message is one line."""
 
-    def __init__(self, message: str, status: int | None = None) -> None:
+    def __init__(self, message: str, status: int | None = None, *, transient: bool = False) -> None:
         super().__init__(message)
         self.status = status
+        self.transient = transient
+
+
+PULL_STALL_S = 120.0
+"""A pull stream silent this long is treated as cut (Ollama sends a line about every 60 ms
+while bytes flow, and status lines while it verifies)."""
 
 
 class _Tag(msgspec.Struct):
@@ -52,6 +61,35 @@ class _Ps(msgspec.Struct):
 
 class _Version(msgspec.Struct):
     version: str
+
+
+class _PullLine(msgspec.Struct):
+    status: str = ""
+    digest: str = ""
+    total: int = 0
+    completed: int = 0
+    error: str | None = None
+
+
+class PullProgress:
+    """Per-layer byte counts of one pull stream; overall = sum(completed) / sum(total)."""
+
+    def __init__(self) -> None:
+        self.layers: dict[str, tuple[int, int]] = {}
+        self.status = ""
+
+    @property
+    def completed(self) -> int:
+        return sum(c for c, _ in self.layers.values())
+
+    @property
+    def total(self) -> int:
+        return sum(t for _, t in self.layers.values())
+
+    def feed(self, line: _PullLine) -> None:
+        self.status = line.status
+        if line.digest and line.total > 0:
+            self.layers[line.digest] = (min(line.completed, line.total), line.total)
 
 
 def error_message(body: bytes) -> str:
@@ -85,7 +123,9 @@ class Ollama:
                         f"Ollama {self.url}{path}: HTTP {r.status}: {error_message(body)}", r.status
                     )
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise OllamaError(f"Ollama {self.url} unreachable: {e or type(e).__name__}") from None
+            raise OllamaError(
+                f"Ollama {self.url} unreachable: {e or type(e).__name__}", transient=True
+            ) from None
         try:
             return msgspec.json.decode(body, type=type_)
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
@@ -125,7 +165,9 @@ class Ollama:
                     )
                 return body
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise OllamaError(f"Ollama {self.url} unreachable: {e or type(e).__name__}") from None
+            raise OllamaError(
+                f"Ollama {self.url} unreachable: {e or type(e).__name__}", transient=True
+            ) from None
 
     async def load(self, model: str, keep_alive: int | str = -1) -> None:
         """Load ``model`` (no prompt) with ``keep_alive``; -1 keeps it resident for good."""
@@ -134,6 +176,56 @@ class Ollama:
             {"model": model, "keep_alive": keep_alive},
             aiohttp.ClientTimeout(total=600, connect=5),
         )
+
+    async def pull(self, model: str, on_progress: Callable[[PullProgress], None]) -> None:
+        """Pull ``model`` through the NDJSON stream, calling ``on_progress`` after every line.
+
+        Returns on ``success``; raises ``OllamaError`` with Ollama's own message for an error
+        (before streaming, or the HTTP-200 final ``{"error"}`` line), and a transient one when
+        the server is unreachable or the stream ends without a verdict.
+        """
+        progress = PullProgress()
+        decoder = msgspec.json.Decoder(_PullLine)
+        timeout = aiohttp.ClientTimeout(total=None, connect=10, sock_read=PULL_STALL_S)
+        where = f"Ollama {self.url}"
+        try:
+            async with self.session.post(
+                self.url + "/api/pull",
+                data=msgspec.json.encode({"model": model, "stream": True}),
+                timeout=timeout,
+                headers={"Content-Type": "application/json"},
+            ) as r:
+                if r.status != 200:
+                    body = await r.read()
+                    raise OllamaError(
+                        f"{where}: pull {model}: HTTP {r.status}: {error_message(body)}",
+                        r.status,
+                        transient=r.status in (502, 503, 504),
+                    )
+                async for raw in r.content:
+                    text = raw.strip()
+                    if not text:
+                        continue
+                    try:
+                        line = decoder.decode(text)
+                    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+                        snippet = text[:120].decode(errors="replace")
+                        raise OllamaError(
+                            f"{where}: malformed pull stream line {snippet!r}: {e}"
+                        ) from None
+                    if line.error is not None:
+                        raise OllamaError(line.error or f"{where}: pull failed without a message")
+                    progress.feed(line)
+                    on_progress(progress)
+                    if line.status == "success":
+                        return
+        except (aiohttp.ClientError, asyncio.TimeoutError) as e:
+            raise OllamaError(
+                f"{where}: pull {model} interrupted: {e or type(e).__name__}", transient=True
+            ) from None
+        except ValueError as e:  # aiohttp: a line longer than its buffer
+            raise OllamaError(f"{where}: malformed pull stream: {e}") from None
+        raise OllamaError(f"{where}: pull {model} stream ended without success", transient=True)
 
     async def delete(self, model: str) -> None:
         try:
@@ -147,4 +239,6 @@ class Ollama:
                         r.status,
                     )
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
-            raise OllamaError(f"Ollama {self.url} unreachable: {e or type(e).__name__}") from None
+            raise OllamaError(
+                f"Ollama {self.url} unreachable: {e or type(e).__name__}", transient=True
+            ) from None

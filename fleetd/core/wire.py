@@ -108,14 +108,19 @@ class Task(msgspec.Struct, kw_only=True):
     error: str | None = None
     redownload: bool = False
     agent_name: str = ""
+    attempt: int = 0
+    """Bumped by ``POST /api/tasks/{id}/retry``; the agent runs a task id again only for a
+    higher attempt, so updates from an earlier attempt can be told apart and dropped."""
 
 
 class Order(msgspec.Struct, kw_only=True):
-    """Coordinator → agent: ``POST {agent}/fleetd/tasks``. Idempotent by ``task_id``."""
+    """Coordinator → agent: ``POST {agent}/fleetd/tasks``. Idempotent by ``task_id`` and
+    ``attempt``; the agent answers with the task's ``TaskUpdate`` as it stands."""
 
     task_id: str
     model: str
     redownload: bool = False
+    attempt: int = 0
 
 
 class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -123,6 +128,7 @@ class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     task_id: str
     status: TaskStatus
+    attempt: int = 0
     completed_bytes: int = 0
     total_bytes: int = 0
     speed_bps: float = 0.0
@@ -131,7 +137,21 @@ class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class ProgressReport(msgspec.Struct, kw_only=True):
-    """Agent → coordinator: ``POST /api/agents/{id}/progress``, at least once a second."""
+    """Agent → coordinator: ``POST /api/agents/{id}/progress``, at least once a second while
+    a download runs; ``models`` (the installed list) only when it changed."""
 
     tasks: list[TaskUpdate]
     models: list[InstalledModel] | None = None
+
+
+class ProgressReply(msgspec.Struct, kw_only=True):
+    """The coordinator's answer to a progress report: task ids the agent must stop (cancelled
+    while the agent was unreachable, or unknown to the coordinator)."""
+
+    cancel: list[str] = msgspec.field(default_factory=list)
+
+
+class ModelList(msgspec.Struct, kw_only=True):
+    """``GET {agent}/fleetd/models``: what the agent's Ollama server(s) have installed."""
+
+    models: list[InstalledModel]
