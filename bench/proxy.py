@@ -1,0 +1,378 @@
+"""Inference proxy overhead: fleetd's coordinator + agent against the same run's baselines.
+
+Targets, all in front of one ``fleetd sim-ollama`` with zero simulated latency:
+
+- ``direct``: the simulator itself (measured first and last in each round);
+- ``chain``: two minimal aiohttp pass-through hops in a row (``bench/chain.py``), the ceiling
+  any two-hop Python proxy on aiohttp can reach here;
+- ``agent``: fleetd's agent alone; ``fleetd``: coordinator + agent (``/v1``);
+- ``fleetd-native`` and ``direct-native``: Ollama's ``/api/chat`` through fleetd and direct;
+- ``litellm``: LiteLLM's proxy, one hop, when ``litellm`` is importable (else skipped).
+
+For each: non-streaming chat latency at concurrency 1 (p50), throughput and p99 at 16 and 64,
+and streaming time to first chunk at concurrency 1. Targets run in interleaved rounds and
+each figure is the median over rounds; overheads are taken against the same round's direct.
+
+    python -m bench.proxy [--rounds 5] [--requests 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import msgspec
+
+from fleetd.core.server import run
+
+ROOT = Path(__file__).resolve().parent.parent
+MODEL = "qwen2.5:0.5b"
+ADMIN_TOKEN = "bench-admin-token"
+ENV = {
+    **os.environ,
+    "FLEETD_ADMIN_TOKEN": ADMIN_TOKEN,
+    "FLEETD_AGENT_TOKEN": "bench-agent-token",
+    "PYTHONUNBUFFERED": "1",
+}
+LISTENING_RE = re.compile(r"listening on (http://\S+)")
+JSON = {"Content-Type": "application/json"}
+MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
+V1 = "/v1/chat/completions"
+NATIVE = "/api/chat"
+CONCURRENCY = (16, 64)
+
+
+def body(stream: bool) -> bytes:
+    return msgspec.json.encode({"model": MODEL, "messages": MESSAGES, "stream": stream})
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: asyncio.subprocess.Process
+    url: str = ""
+    reader: asyncio.Task[None] | None = None
+
+    async def stop(self) -> None:
+        if self.reader is not None:
+            self.reader.cancel()
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def spawn(name: str, *args: str) -> Proc:
+    """Start ``python args…`` and wait for its ``listening on URL`` line."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        env=ENV,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    p = Proc(name, proc)
+    assert proc.stdout is not None
+    tail: list[str] = []
+    while not p.url:
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
+        except asyncio.TimeoutError:
+            raw = b""
+        if not raw:
+            await p.stop()
+            sys.exit(f"{name} did not start:\n" + "\n".join(tail[-20:]))
+        line = raw.decode(errors="replace").rstrip()
+        tail.append(line)
+        if m := LISTENING_RE.search(line):
+            p.url = m.group(1)
+
+    async def drain() -> None:
+        assert proc.stdout is not None
+        while await proc.stdout.read(65536):
+            pass
+
+    p.reader = asyncio.get_running_loop().create_task(drain())
+    return p
+
+
+async def start_litellm(sim_url: str, work: Path) -> Proc | None:
+    """LiteLLM's proxy in front of the sim's OpenAI API, when it is installed."""
+    try:
+        import litellm  # noqa: F401
+    except ImportError:
+        return None
+    exe = shutil.which("litellm")
+    if exe is None:
+        return None
+    config = work / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        f"  - model_name: {MODEL}\n"
+        "    litellm_params:\n"
+        f"      model: openai/{MODEL}\n"
+        f"      api_base: {sim_url}/v1\n"
+        "      api_key: none\n"
+    )
+    port = 40000 + os.getpid() % 20000
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "--config",
+        str(config),
+        "--port",
+        str(port),
+        env=ENV,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    p = Proc("litellm", proc, f"http://127.0.0.1:{port}")
+    async with aiohttp.ClientSession() as s:
+        for _ in range(600):
+            try:
+                async with s.get(p.url + "/health/liveliness") as r:
+                    if r.status == 200:
+                        return p
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    await p.stop()
+    return None
+
+
+async def wait_ready(coordinator: str) -> None:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession() as s:
+        for _ in range(600):
+            async with s.get(coordinator + "/api/agents", headers=headers) as r:
+                agents = (await r.json())["agents"]
+            if agents and not agents[0]["initializing"]:
+                return
+            await asyncio.sleep(0.1)
+    sys.exit("the agent never became ready")
+
+
+# --- measurements ------------------------------------------------------------------------
+
+
+async def one(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
+    started = time.perf_counter()
+    async with session.post(url, data=data, headers=JSON) as r:
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status}")
+    return time.perf_counter() - started
+
+
+async def first_chunk(session: aiohttp.ClientSession, url: str, data: bytes) -> float:
+    started = time.perf_counter()
+    async with session.post(url, data=data, headers=JSON) as r:
+        await r.content.readany()
+        elapsed = time.perf_counter() - started
+        await r.read()
+        if r.status != 200:
+            raise RuntimeError(f"{url}: HTTP {r.status}")
+    return elapsed
+
+
+async def sequential(fn: Callable[[], Awaitable[float]], n: int) -> list[float]:
+    return [await fn() for _ in range(n)]
+
+
+async def concurrent(
+    session: aiohttp.ClientSession, url: str, data: bytes, c: int, n: int
+) -> tuple[float, float]:
+    """Requests per second and p99 latency (ms) with ``c`` workers sharing ``n`` requests."""
+    left = n
+    latencies: list[float] = []
+
+    async def worker() -> None:
+        nonlocal left
+        while left > 0:
+            left -= 1
+            latencies.append(await one(session, url, data))
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(c)))
+    elapsed = time.perf_counter() - started
+    latencies.sort()
+    return n / elapsed, 1000 * latencies[int(0.99 * (len(latencies) - 1))]
+
+
+@dataclass
+class Target:
+    name: str
+    url: str
+    path: str
+
+    @property
+    def endpoint(self) -> str:
+        return self.url + self.path
+
+
+Figures = dict[str, float]
+
+
+async def measure(session: aiohttp.ClientSession, t: Target, n: int) -> Figures:
+    plain, streamed = body(False), body(True)
+    await sequential(lambda: one(session, t.endpoint, plain), 20)  # warm the connections
+    lat = await sequential(lambda: one(session, t.endpoint, plain), n)
+    ttfc = await sequential(lambda: first_chunk(session, t.endpoint, streamed), n // 2)
+    out = {"p50": 1000 * statistics.median(lat), "ttfc": 1000 * statistics.median(ttfc)}
+    for c in CONCURRENCY:
+        rps, p99 = await concurrent(session, t.endpoint, plain, c, n * c // 4)
+        out[f"rps{c}"], out[f"p99_{c}"] = rps, p99
+    return out
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def report(rounds: list[dict[str, Figures]], names: list[str], skipped: list[str]) -> None:
+    overhead: dict[str, list[float]] = defaultdict(list)
+    ttfc_over: dict[str, list[float]] = defaultdict(list)
+    for r in rounds:
+        for name in names:
+            base = "direct-native" if name.endswith("native") else "direct"
+            if name.startswith("direct"):
+                continue
+            overhead[name].append(r[name]["p50"] - r[base]["p50"])
+            ttfc_over[name].append(r[name]["ttfc"] - r[base]["ttfc"])
+
+    def fig(name: str, key: str) -> float:
+        return med([r[name][key] for r in rounds])
+
+    print(f"\nmedians over {len(rounds)} interleaved rounds (ms, requests/s)")
+    head = f"{'target':<14}{'p50 c1':>8}{'overhead':>10}{'ttfc':>8}{'ttfc+':>8}"
+    head += "".join(f"{'rps c' + str(c):>10}{'p99 c' + str(c):>10}" for c in CONCURRENCY)
+    print(head)
+    for name in names:
+        row = f"{name:<14}{fig(name, 'p50'):>8.2f}"
+        row += f"{med(overhead[name]):>10.2f}" if name in overhead else f"{'':>10}"
+        row += f"{fig(name, 'ttfc'):>8.2f}"
+        row += f"{med(ttfc_over[name]):>8.2f}" if name in ttfc_over else f"{'':>8}"
+        for c in CONCURRENCY:
+            row += f"{fig(name, f'rps{c}'):>10.0f}{fig(name, f'p99_{c}'):>10.1f}"
+        print(row)
+    chain = med(overhead["chain"])
+    print("\nratios (fleetd = coordinator + agent, /v1):")
+    print(f"  p50 overhead at c1, fleetd / chain:        {med(overhead['fleetd']) / chain:.2f}")
+    print(f"  p50 overhead at c1, agent alone / chain:   {med(overhead['agent']) / chain:.2f}")
+    ttfc = fig("fleetd", "ttfc") / fig("chain", "ttfc")
+    print(
+        f"  time to first chunk, fleetd / chain:       {ttfc:.2f}"
+        f"  (overheads {med(ttfc_over['fleetd']):.2f} vs {med(ttfc_over['chain']):.2f} ms)"
+    )
+    for c in CONCURRENCY:
+        ratio = fig("fleetd", f"rps{c}") / fig("chain", f"rps{c}")
+        print(f"  throughput at c{c}, fleetd / chain:        {ratio:.2f}")
+    if "litellm" in names:
+        lite = med(overhead["litellm"])
+        print(f"  p50 overhead at c1, fleetd / litellm:      {med(overhead['fleetd']) / lite:.2f}")
+    native, v1 = med(overhead["fleetd-native"]), med(overhead["fleetd"])
+    print(
+        f"  native /api/chat overhead / /v1 overhead:  {native / v1:.2f}"
+        f"  ({native:.2f} vs {v1:.2f} ms; absolute p50 {fig('fleetd-native', 'p50'):.2f}"
+        f" vs {fig('fleetd', 'p50'):.2f} ms)"
+    )
+    for note in skipped:
+        print(f"  note: {note}")
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    work = Path(tempfile.mkdtemp(prefix="fleetd-bench-"))
+    procs: list[Proc] = []
+    try:
+        sim = await spawn(
+            "sim", "-m", "fleetd", "sim-ollama", "--listen", "127.0.0.1:0", "--latency-ms", "0",
+            "--token-delay-ms", "0", "--size-scale", "0.0001", "--bandwidth", "0",
+            "--preinstall", MODEL,
+        )  # fmt: skip
+        procs.append(sim)
+        hop2 = await spawn("chain2", "-m", "bench.chain", "--upstream", sim.url)
+        hop1 = await spawn("chain1", "-m", "bench.chain", "--upstream", hop2.url)
+        procs += [hop2, hop1]
+        (work / "c.toml").write_text(f'[coordinator]\nsupported_models = ["{MODEL}"]\n')
+        coord = await spawn(
+            "coordinator", "-m", "fleetd", "--role", "coordinator", "--config",
+            str(work / "c.toml"), "--listen", "127.0.0.1:0", "--data-dir", str(work / "c"),
+        )  # fmt: skip
+        procs.append(coord)
+        (work / "a.toml").write_text(
+            f'[agent]\nregistry_url = "{sim.url}"\n[agent.gpu]\nprobe = "static"\n'
+            '[[agent.gpu.devices]]\nname = "bench"\nmemory_bytes = 85899345920\n'
+        )
+        agent = await spawn(
+            "agent", "-m", "fleetd", "--role", "agent", "--config", str(work / "a.toml"),
+            "--listen", "127.0.0.1:0", "--data-dir", str(work / "a"),
+            "--coordinator", coord.url, "--ollama", sim.url,
+        )  # fmt: skip
+        procs.append(agent)
+        await wait_ready(coord.url)
+        targets = [
+            Target("direct", sim.url, V1),
+            Target("chain", hop1.url, V1),
+            Target("agent", agent.url, V1),
+            Target("fleetd", coord.url, V1),
+            Target("direct-native", sim.url, NATIVE),
+            Target("fleetd-native", coord.url, NATIVE),
+        ]
+        skipped: list[str] = []
+        lite = await start_litellm(sim.url, work)
+        if lite is None:
+            skipped.append("LiteLLM is not installed (pip install 'fleetd[bench]'): skipped")
+        else:
+            procs.append(lite)
+            targets.append(Target("litellm", lite.url, V1))
+        rounds: list[dict[str, Figures]] = []
+        connector = aiohttp.TCPConnector(limit=256)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            for i in range(args.rounds):
+                order = [targets[0], *targets[1:], targets[0]]
+                got: dict[str, list[Figures]] = defaultdict(list)
+                for t in order:
+                    got[t.name].append(await measure(session, t, args.requests))
+                    print(f"round {i + 1}/{args.rounds}: {t.name} done", flush=True)
+                rounds.append(
+                    {
+                        name: {k: statistics.mean(f[k] for f in figs) for k in figs[0]}
+                        for name, figs in got.items()
+                    }
+                )
+        report(rounds, [t.name for t in targets], skipped)
+    finally:
+        for p in reversed(procs):
+            await p.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__)
+    p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported")
+    p.add_argument("--requests", type=int, default=200, help="sequential requests per figure")
+    sys.exit(run(main_async(p.parse_args())))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,426 @@
+"""Which agent serves an inference request: candidate pools kept from registry events, the
+gate where requests wait while no agent is ready (spec M6), and one failover before the
+first response byte.
+
+Pools are balancer plugin instances: one for the supported models (every ready agent has
+them all) and one per other model that ready agents have installed or loaded. Registry
+listeners keep them current, so a request costs a dictionary lookup and one ``pick``, never
+a scan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Mapping
+from functools import partial
+
+import aiohttp
+import msgspec
+from aiohttp import web
+from multidict import CIMultiDict
+from prometheus_client import Counter, Histogram
+
+from fleetd.config import CoordinatorConfig
+from fleetd.coordinator.distribution import DISTRIBUTION
+from fleetd.coordinator.metrics import METRICS, Metrics
+from fleetd.coordinator.registry import REGISTRY, Registry
+from fleetd.coordinator.settings import SETTINGS
+from fleetd.core import proxy
+from fleetd.core.balancing import Balancer, Load
+from fleetd.core.errors import ApiError, bad_request, not_found
+from fleetd.core.http import CLIENT
+from fleetd.core.names import InvalidModelName, normalize
+from fleetd.core.wire import Agent
+
+log = logging.getLogger("fleetd.gateway")
+
+RETRY_AFTER_S = 5
+"""What a 503 ``models_starting`` tells clients to wait before trying again."""
+
+_NAME_CACHE_MAX = 4096
+_EMPTY: frozenset[str] = frozenset()
+
+
+class _Head(msgspec.Struct):
+    """The only fields the coordinator reads from a body it forwards."""
+
+    model: str = ""
+    name: str = ""  # /api/show's older spelling of ``model``
+
+
+_head = msgspec.json.Decoder(_Head)
+
+
+def unknown_model(model: str) -> ApiError:
+    """Worded as Ollama words it, so clients that match the text keep working."""
+    return not_found(f'model "{model}" not found, try pulling it first', code="model_not_found")
+
+
+def models_starting(message: str) -> ApiError:
+    return ApiError(503, "models_starting", message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def _load(a: Agent, in_flight: int) -> Load:
+    util = 0.0
+    free = 0
+    if a.gpus:
+        for g in a.gpus:
+            util += g.utilization or 0.0
+            free += g.memory_bytes - (g.memory_used_bytes or 0)
+        util /= len(a.gpus)
+    return Load(in_flight, a.requests_in_flight, round(util, 2), free)
+
+
+class _Retry(Exception):
+    """The agent failed before sending a byte; ``reply`` is its 5xx answer, if any."""
+
+    def __init__(self, message: str, reply: web.Response | None = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
+class Gateway:
+    """Candidate pools, in-flight counts, suspects and the wait queue of one coordinator."""
+
+    def __init__(
+        self,
+        settings: CoordinatorConfig,
+        registry: Registry,
+        balancer: Callable[[], Balancer],
+        metrics: Metrics,
+        installed: Mapping[str, Mapping[str, object]],
+    ) -> None:
+        self.registry = registry
+        self.installed = installed
+        """Agent id -> its installed models by name, as the distribution keeps them."""
+        self.supported = frozenset(settings.supported_models)
+        self.queue_limit = settings.queue_limit
+        self.queue_timeout_s = settings.queue_timeout_s
+        self._new_pool = balancer
+        self.ready = balancer()
+        """The pool for supported models: every online, non-initializing, healthy agent."""
+        self.pools: dict[str, Balancer] = dict.fromkeys(self.supported, self.ready)
+        self.in_flight: dict[str, int] = {}
+        self.suspect: set[str] = set()
+        self._member: dict[str, list[Balancer]] = {}
+        self._extra: dict[str, frozenset[str]] = {}
+        self._holders: dict[str, int] = {}
+        self._names: dict[str, str] = {}
+        self._waiters: deque[tuple[str, asyncio.Future[str]]] = deque()
+        self.metrics = metrics
+        self._requests: dict[tuple[str, str], Counter] = {}
+        self._latency: dict[str, Histogram] = {}
+        self._gauged: set[str] = set()
+        registry.on_change.append(self.agent_changed)
+
+    # -- pools, kept from registry events -------------------------------------------------
+
+    def has_model(self, model: str) -> bool:
+        """Supported, or held by some agent whatever its state (so worth waiting for)."""
+        return (
+            model in self.supported
+            or model in self._holders
+            # Agents not heard from since this coordinator started are not in _holders.
+            or any(model in models for models in self.installed.values())
+        )
+
+    def _models(self, a: Agent) -> frozenset[str]:
+        """The models other than the supported ones that ``a`` has (installed or loaded)."""
+        extra = [m for m in a.loaded_models if m not in self.supported]
+        installed = self.installed.get(a.id)
+        if installed:
+            extra += [m for m in installed if m not in self.supported]
+        return frozenset(extra) if extra else _EMPTY
+
+    def _set_extra(self, agent_id: str, models: frozenset[str]) -> None:
+        old = self._extra.get(agent_id, _EMPTY)
+        if old == models:
+            return
+        for m in old - models:
+            left = self._holders[m] - 1
+            if left:
+                self._holders[m] = left
+            else:
+                del self._holders[m]
+        for m in models - old:
+            self._holders[m] = self._holders.get(m, 0) + 1
+        if models:
+            self._extra[agent_id] = models
+        else:
+            self._extra.pop(agent_id, None)
+
+    def _pool(self, model: str) -> Balancer:
+        pool = self.pools.get(model)
+        if pool is None:
+            pool = self.pools[model] = self._new_pool()
+        return pool
+
+    def agent_changed(self, a: Agent) -> None:
+        """Registry listener: a heartbeat, registration or status change of ``a``."""
+        if a.id not in self._gauged:
+            # Read at scrape time, so that requests do not pay for the gauge.
+            self._gauged.add(a.id)
+            self.metrics.in_flight.labels(a.id).set_function(partial(self._in_flight, a.id))
+        models = self._models(a)
+        changed = models != self._extra.get(a.id, _EMPTY)
+        self._set_extra(a.id, models)
+        if a.status == "online":
+            # Any news from the agent itself proves it is up again.
+            self.suspect.discard(a.id)
+        if a.status != "online" or a.initializing:
+            self._leave(a.id)
+            return
+        load = _load(a, self.in_flight.get(a.id, 0))
+        member = self._member.get(a.id)
+        joined = member is None or changed
+        if member is None or changed:
+            self._leave(a.id)
+            member = self._member[a.id] = [self.ready, *(self._pool(m) for m in models)]
+        for pool in member:
+            pool.update(a.id, load)
+        if joined and self._waiters:
+            self._wake()
+
+    def _leave(self, agent_id: str) -> None:
+        for pool in self._member.pop(agent_id, ()):
+            pool.discard(agent_id)
+            if pool is not self.ready and not len(pool):
+                for m in [m for m, p in self.pools.items() if p is pool]:
+                    del self.pools[m]
+
+    def mark_suspect(self, agent_id: str, why: str) -> None:
+        """Keep the balancer away from ``agent_id`` until it is heard from again."""
+        if agent_id not in self.suspect:
+            log.warning("agent %s suspect until its next heartbeat: %s", agent_id, why)
+        self.suspect.add(agent_id)
+        self._leave(agent_id)
+
+    # -- in-flight accounting -------------------------------------------------------------
+
+    def _in_flight(self, agent_id: str) -> float:
+        return self.in_flight.get(agent_id, 0)
+
+    def _start(self, agent_id: str) -> None:
+        self.in_flight[agent_id] = self.in_flight.get(agent_id, 0) + 1
+        for pool in self._member.get(agent_id, ()):
+            pool.started(agent_id)
+
+    def _end(self, agent_id: str) -> None:
+        n = self.in_flight.get(agent_id, 1) - 1
+        if n:
+            self.in_flight[agent_id] = n
+        else:
+            self.in_flight.pop(agent_id, None)
+        for pool in self._member.get(agent_id, ()):
+            pool.finished(agent_id)
+
+    # -- the gate -------------------------------------------------------------------------
+
+    def _pick(self, model: str) -> str | None:
+        pool = self.pools.get(model)
+        agent_id = pool.pick() if pool is not None else None
+        if agent_id is not None:
+            self._start(agent_id)
+        return agent_id
+
+    def _wake(self) -> None:
+        """Serve waiting requests in arrival order, each as soon as its model has a candidate."""
+        still: deque[tuple[str, asyncio.Future[str]]] = deque()
+        for model, fut in self._waiters:
+            if fut.done():
+                continue
+            agent_id = self._pick(model)
+            if agent_id is None:
+                still.append((model, fut))
+            else:
+                fut.set_result(agent_id)
+        self._waiters = still
+        self.metrics.queue_depth.set(len(still))
+
+    async def acquire(self, model: str) -> str:
+        """A ready agent for ``model``, its in-flight count already raised; waits in the gate
+        while there is none. 404 for a model nobody has, 503 when the queue or the wait ends."""
+        agent_id = self._pick(model)
+        if agent_id is not None:
+            return agent_id
+        if not self.has_model(model):
+            raise unknown_model(model)
+        if len(self._waiters) >= self.queue_limit:
+            raise models_starting(
+                f"no agent is ready for {model} yet and {len(self._waiters)} requests are "
+                "already waiting (coordinator.queue_limit); models are starting, retry later"
+            )
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        entry = (model, fut)
+        self._waiters.append(entry)
+        self.metrics.queue_depth.set(len(self._waiters))
+        try:
+            await asyncio.wait((fut,), timeout=self.queue_timeout_s)
+        except asyncio.CancelledError:
+            if fut.done():
+                self._end(fut.result())  # woken just as its client left
+            else:
+                fut.cancel()
+                self._discard_waiter(entry)
+            raise
+        if fut.done():
+            return fut.result()
+        fut.cancel()
+        self._discard_waiter(entry)
+        raise models_starting(
+            f"no agent became ready for {model} within {self.queue_timeout_s:g}s "
+            "(coordinator.queue_timeout_s); models are starting, retry later"
+        )
+
+    def _discard_waiter(self, entry: tuple[str, asyncio.Future[str]]) -> None:
+        try:
+            self._waiters.remove(entry)
+        except ValueError:
+            return
+        self.metrics.queue_depth.set(len(self._waiters))
+
+    # -- forwarding -----------------------------------------------------------------------
+
+    def model_of(self, body: bytes) -> str:
+        """The normalized model a request body names; 400 for a bad body or name."""
+        if not body:
+            raise bad_request("request body is empty; expected a JSON object")
+        try:
+            head = _head.decode(body)
+        except msgspec.ValidationError as e:
+            raise bad_request(f"invalid request body: {e}") from None
+        except msgspec.DecodeError as e:
+            raise bad_request(f"malformed JSON: {e}") from None
+        raw = head.model or head.name
+        if not raw:
+            raise bad_request("model is required", param="model")
+        name = self._names.get(raw)
+        if name is None:
+            try:
+                name = normalize(raw)
+            except InvalidModelName:
+                raise bad_request(f"invalid model name {raw!r}", param="model") from None
+            if len(self._names) < _NAME_CACHE_MAX:
+                self._names[raw] = name
+        return name
+
+    def _count(self, path: str, outcome: str) -> None:
+        c = self._requests.get((path, outcome))
+        if c is None:
+            c = self._requests[(path, outcome)] = self.metrics.inference_requests.labels(
+                path, outcome
+            )
+        c.inc()
+
+    def _observe(self, path: str, seconds: float) -> None:
+        h = self._latency.get(path)
+        if h is None:
+            h = self._latency[path] = self.metrics.inference_latency.labels(path)
+        h.observe(seconds)
+
+    async def forward(self, request: web.Request, body: bytes, model: str) -> web.StreamResponse:
+        """Send the request to a ready agent and relay its reply; one failover before the
+        first byte, onto another candidate, when the agent fails or answers 5xx."""
+        path = request.path
+        started = time.monotonic()
+        try:
+            agent_id = await self.acquire(model)
+        except ApiError as e:
+            self._count(path, e.code)
+            raise
+        headers = proxy.request_headers(request.headers)
+        session = request.app[CLIENT]
+        retried = False
+        while True:
+            try:
+                return await self._attempt(request, session, agent_id, body, headers, started)
+            except _Retry as failure:
+                self.mark_suspect(agent_id, str(failure))
+                next_id = None if retried else self._pick(model)
+                if next_id is None:
+                    self._count(path, "agent_failed")
+                    if failure.reply is not None:
+                        return failure.reply
+                    raise ApiError(502, "agent_unavailable", str(failure)) from None
+                agent_id, retried = next_id, True
+
+    async def _attempt(
+        self,
+        request: web.Request,
+        session: aiohttp.ClientSession,
+        agent_id: str,
+        body: bytes,
+        headers: CIMultiDict[str],
+        started: float,
+    ) -> web.StreamResponse:
+        """One try on ``agent_id`` (whose in-flight count is already raised); ends it."""
+        path = request.path
+        outcome = proxy.CLIENT_GONE
+        try:
+            a = self.registry.agents[agent_id]
+            what = f"agent {a.name} ({a.id})"
+            try:
+                upstream = await session.request(
+                    request.method,
+                    a.url.rstrip("/") + request.path_qs,
+                    data=body,
+                    headers=headers,
+                    timeout=proxy.TIMEOUT,
+                )
+            except proxy.UPSTREAM_ERRORS as e:
+                raise _Retry(f"{what} unreachable: {e or type(e).__name__}") from None
+            try:
+                if upstream.status >= 500:
+                    reply = await _reply(upstream)
+                    outcome = proxy.OK  # read whole: the connection can be reused
+                    raise _Retry(f"{what} answered HTTP {upstream.status}", reply)
+                self._observe(path, time.monotonic() - started)
+                resp, outcome = await proxy.relay(request, upstream, what)
+            finally:
+                if outcome == proxy.OK:
+                    upstream.release()
+                else:
+                    upstream.close()
+        except asyncio.CancelledError:
+            self._count(path, proxy.CLIENT_GONE)
+            raise
+        except ApiError:
+            self._count(path, proxy.BROKEN)
+            raise
+        finally:
+            self._end(agent_id)
+        if outcome == proxy.OK and resp.status >= 400:
+            outcome = str(resp.status)
+        self._count(path, outcome)
+        return resp
+
+
+async def _reply(upstream: aiohttp.ClientResponse) -> web.Response:
+    """A copy of an error reply, to relay if no other agent can take the request."""
+    try:
+        body = await upstream.read()
+    except proxy.UPSTREAM_ERRORS:
+        body = b""
+    return web.Response(
+        status=upstream.status, body=body, headers=proxy.response_headers(upstream.headers)
+    )
+
+
+GATEWAY = web.AppKey("gateway", Gateway)
+
+
+def gateway_ctx(
+    balancer: Callable[[], Balancer],
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    """A cleanup_ctx entry, after the distribution's (it reads what agents have installed)."""
+
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        app[GATEWAY] = Gateway(
+            app[SETTINGS], app[REGISTRY], balancer, app[METRICS], app[DISTRIBUTION].installed
+        )
+        yield
+
+    return ctx

@@ -1,0 +1,1 @@
+"""Built-in balancers (``fleetd.balancer``): ``least-busy`` and ``round-robin``."""

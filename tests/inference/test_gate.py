@@ -1,0 +1,139 @@
+"""The gate (spec M6): while no agent is ready, requests wait in a bounded FIFO queue; an agent
+becoming ready serves them in arrival order; past the limit or the time, 503 models_starting."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from fleetd.config import CoordinatorConfig
+from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.metrics import Metrics
+from fleetd.core.errors import ApiError
+from fleetd.core.plugins import load_plugin
+from fleetd.core.wire import Agent
+from tests.conftest import Fleet
+from tests.inference.conftest import CHAT, MESSAGES, agents, sim_post, start
+from tests.procs import wait_until
+
+
+def gateway(**settings: Any) -> tuple[Gateway, Metrics]:
+    registry = SimpleNamespace(agents={}, on_change=[])
+    metrics = Metrics()
+    cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
+    config = CoordinatorConfig(supported_models=[CHAT], **settings)
+    return Gateway(config, registry, cls, metrics, {}), metrics  # type: ignore[arg-type]
+
+
+def ready(agent_id: str, **fields: Any) -> Agent:
+    return Agent(id=agent_id, name=agent_id, url="http://x", initializing=False, **fields)
+
+
+async def test_waiters_are_served_in_arrival_order_when_an_agent_is_ready() -> None:
+    gw, metrics = gateway(queue_timeout_s=5)
+    served: list[int] = []
+
+    async def request(i: int) -> None:
+        agent_id = await gw.acquire(CHAT)
+        served.append(i)
+        assert agent_id == "a1"
+
+    waiters = [asyncio.create_task(request(i)) for i in range(5)]
+    await asyncio.sleep(0.05)
+    assert served == [] and metrics.queue_depth._value.get() == 5
+    gw.agent_changed(ready("a1"))
+    await asyncio.gather(*waiters)
+    assert served == [0, 1, 2, 3, 4]
+    assert metrics.queue_depth._value.get() == 0
+    assert gw.in_flight["a1"] == 5  # counted from the moment each was handed the agent
+
+
+async def test_queue_limit_and_timeout_answer_503_models_starting() -> None:
+    gw, metrics = gateway(queue_timeout_s=0.3, queue_limit=2)
+    waiting = [asyncio.create_task(gw.acquire(CHAT)) for _ in range(2)]
+    await asyncio.sleep(0.01)
+    with pytest.raises(ApiError) as full:
+        await gw.acquire(CHAT)
+    assert full.value.status == 503 and full.value.code == "models_starting"
+    assert "queue_limit" in full.value.message and full.value.headers["Retry-After"]
+    for outcome in await asyncio.gather(*waiting, return_exceptions=True):
+        assert isinstance(outcome, ApiError) and outcome.code == "models_starting"
+        assert "queue_timeout_s" in outcome.message and outcome.headers["Retry-After"]
+    assert metrics.queue_depth._value.get() == 0 and not gw._waiters  # nothing left behind
+
+
+async def test_a_cancelled_waiter_leaves_the_queue() -> None:
+    gw, metrics = gateway(queue_timeout_s=5)
+    task = asyncio.create_task(gw.acquire(CHAT))
+    await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert metrics.queue_depth._value.get() == 0 and not gw._waiters
+    gw.agent_changed(ready("a1"))
+    assert gw.in_flight == {}
+
+
+async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() -> None:
+    gw, _ = gateway(queue_timeout_s=0.1)
+    with pytest.raises(ApiError) as err:
+        await gw.acquire("other:1b")
+    assert err.value.status == 404 and "other:1b" in err.value.message
+    gw.installed["offline-agent"] = {"other:1b": object()}  # type: ignore[index]
+    with pytest.raises(ApiError) as waited:
+        await gw.acquire("other:1b")
+    assert waited.value.code == "models_starting"
+
+
+def test_requests_wait_while_every_agent_initializes(fleet: Fleet) -> None:
+    """503 with Retry-After once the wait ends, the queue bounded, then served once ready."""
+    setup = start(
+        fleet,
+        sim_args=("--bandwidth", "1"),  # the supported models' download stalls
+        preinstall=(),
+        wait=False,
+        queue_timeout_s=3,
+        queue_limit=1,
+    )
+    coord, sim = setup.coordinator, setup.sims[0]
+    wait_until(
+        lambda: [a for a in agents(coord) if a["initializing"]], what="an initializing agent"
+    )
+    outcome: dict[str, Any] = {}
+
+    def ask(key: str) -> None:
+        started = time.monotonic()
+        with openai.OpenAI(base_url=coord.url + "/v1", api_key="x", max_retries=0) as c:
+            try:
+                c.chat.completions.create(model=CHAT, messages=MESSAGES)  # type: ignore[arg-type]
+                outcome[key] = ("ok", time.monotonic() - started)
+            except openai.APIStatusError as e:
+                outcome[key] = (e, time.monotonic() - started)
+
+    first = threading.Thread(target=ask, args=("first",))
+    first.start()
+    wait_until(lambda: "fleetd_gate_queue_depth 1.0" in httpx.get(coord.url + "/metrics").text)
+    # The queue holds one: the next request is refused at once.
+    full = httpx.post(coord.url + "/api/chat", json={"model": CHAT, "messages": MESSAGES})
+    assert full.status_code == 503 and full.headers["Retry-After"]
+    assert full.json()["code"] == "models_starting" and isinstance(full.json()["error"], str)
+    first.join(10)
+    err, waited = outcome["first"]
+    assert isinstance(err, openai.APIStatusError) and err.status_code == 503, err
+    assert 2.8 < waited < 6
+    assert err.response.headers["Retry-After"] and err.body["code"] == "models_starting"  # type: ignore[index]
+
+    second = threading.Thread(target=ask, args=("second",))
+    second.start()
+    wait_until(lambda: "fleetd_gate_queue_depth 1.0" in httpx.get(coord.url + "/metrics").text)
+    sim_post(sim, "/_sim/settings", {"bandwidth_bps": "2000MB"})  # downloads finish
+    second.join(10)
+    assert outcome["second"][0] == "ok", outcome
+    assert not agents(coord)[0]["initializing"]
