@@ -170,12 +170,19 @@ class Ollama:
             ) from None
 
     async def load(self, model: str, keep_alive: int | str = -1) -> None:
-        """Load ``model`` (no prompt) with ``keep_alive``; -1 keeps it resident for good."""
-        await self._post(
-            "/api/generate",
-            {"model": model, "keep_alive": keep_alive},
-            aiohttp.ClientTimeout(total=600, connect=5),
-        )
+        """Load ``model`` (no prompt) with ``keep_alive``; -1 keeps it resident for good.
+
+        Embedding models refuse ``/api/generate`` ("does not support generate"); they are
+        loaded by an ``/api/embed`` with no input instead.
+        """
+        timeout = aiohttp.ClientTimeout(total=600, connect=5)
+        payload: dict[str, Any] = {"model": model, "keep_alive": keep_alive}
+        try:
+            await self._post("/api/generate", payload, timeout)
+        except OllamaError as e:
+            if e.status != 400 or "does not support" not in str(e):
+                raise
+            await self._post("/api/embed", {**payload, "input": []}, timeout)
 
     async def pull(self, model: str, on_progress: Callable[[PullProgress], None]) -> None:
         """Pull ``model`` through the NDJSON stream, calling ``on_progress`` after every line.

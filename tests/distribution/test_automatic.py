@@ -133,3 +133,14 @@ def test_models_spread_over_several_ollama_servers(fleet: Fleet) -> None:
     assert sorted(len(i) for i in installed) == [1, 1] and installed[0] | installed[1] == set(SMALL)
     for s, names in zip(sims, installed, strict=True):
         assert {m["name"] for m in sim_state(s)["loaded"]} == names
+
+
+def test_supported_embedding_model_is_kept_resident(fleet: Fleet) -> None:
+    """Embedding models refuse /api/generate; the agent loads them through /api/embed."""
+    sim, c, _, _ = ready_fleet(
+        fleet, coordinator={"supported_models": ["qwen2.5:0.5b", "nomic-embed-text:latest"]}
+    )
+    info = wait_agent(c, initializing=False)
+    assert (info["ready_models"], info["total_models"]) == (2, 2)
+    loaded = {m["name"]: m["expires_at"] for m in sim_state(sim)["loaded"]}
+    assert forever(loaded["nomic-embed-text:latest"]), loaded
