@@ -5,6 +5,7 @@ screenshot saved when a test fails."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import socket
 import threading
@@ -112,7 +113,10 @@ def closed_port_url() -> str:
 def browser() -> Iterator[Any]:
     path = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
     if path is None:
-        pytest.skip("Debian's chromium package is not installed (apt-get install chromium)")
+        why = "Debian's chromium package is not installed (apt-get install chromium)"
+        if os.environ.get("CI"):
+            pytest.fail(why + "; scripts/test installs it, so CI must have it")
+        pytest.skip(why)
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
