@@ -105,9 +105,11 @@ def main(
 
 
 def _register_subcommands() -> None:
+    from fleetd.demo import demo
     from fleetd.sim.cli import sim_ollama
 
     main.add_command(sim_ollama, "sim-ollama")
+    main.add_command(demo, "demo")
 
 
 _register_subcommands()

@@ -52,7 +52,6 @@ class CoordinatorConfig(_Section):
     library_url: str = "https://ollama.com"
     registry_url: str = "https://registry.ollama.ai"
     catalog_refresh_s: float = 3600.0
-    public_url: str = ""
 
 
 class OllamaServer(_Section):
@@ -148,7 +147,6 @@ def validate(cfg: Config) -> Config:
     c.supported_models = normalized
     _check_url("coordinator.library_url", c.library_url)
     _check_url("coordinator.registry_url", c.registry_url)
-    _check_url("coordinator.public_url", c.public_url, allow_empty=True)
     _check_url("agent.coordinator_url", a.coordinator_url)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
     _check_url("agent.registry_url", a.registry_url)
