@@ -129,4 +129,3 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     rep = yield
     setattr(item, "rep_" + rep.when, rep)
     return rep
-
