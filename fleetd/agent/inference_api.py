@@ -23,6 +23,7 @@ from aiohttp import web
 
 from fleetd.agent.runtime import RUNTIME, Runtime
 from fleetd.core import proxy
+from fleetd.core.background import background
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import CLIENT, json_response
 from fleetd.core.names import InvalidModelName, normalize
@@ -312,10 +313,5 @@ async def run_upstreams(app: web.Application) -> AsyncIterator[None]:
             await ups.refresh()
             await asyncio.sleep(rt.config.residency_check_s or rt.config.heartbeat_interval_s)
 
-    task = asyncio.create_task(refresh_forever(), name="upstreams-refresh")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(refresh_forever(), "upstreams-refresh"):
+        yield

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from fleetd import __version__
 from fleetd.agent.runtime import RUNTIME, Runtime
+from fleetd.core.background import background
 from fleetd.core.gpu import Gpu, GpuProbe
 from fleetd.core.http import CLIENT
 from fleetd.core.ollama import Ollama, OllamaError, error_message
@@ -227,10 +228,5 @@ def default_name() -> str:
 
 async def run_link(app: web.Application) -> AsyncIterator[None]:
     link = Link(app[RUNTIME], app[CLIENT], app[GPU_PROBE])
-    task = asyncio.create_task(link.run(), name="agent-link")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(link.run(), "agent-link"):
+        yield

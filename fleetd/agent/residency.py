@@ -20,6 +20,7 @@ from aiohttp import web
 
 from fleetd.agent.downloads import DOWNLOADS
 from fleetd.agent.runtime import RUNTIME, Runtime
+from fleetd.core.background import background
 from fleetd.core.http import CLIENT
 from fleetd.core.ollama import LoadedModel, Ollama, OllamaError
 
@@ -151,10 +152,5 @@ async def run_residency(app: web.Application) -> AsyncIterator[None]:
     app[RESIDENCY] = keeper
     app[DOWNLOADS].on_installed.append(keeper.poke)
     rt.supported_changed.append(keeper.wake)
-    task = asyncio.create_task(keeper.run(), name="residency")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(keeper.run(), "residency"):
+        yield

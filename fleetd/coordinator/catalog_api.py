@@ -23,6 +23,7 @@ from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.auth import require_admin
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.core import names
+from fleetd.core.background import background
 from fleetd.core.catalog import (
     Catalog,
     CatalogError,
@@ -353,13 +354,8 @@ def catalog_ctx(
         )
         await service.load()
         app[CATALOG] = service
-        task = asyncio.create_task(service.run(), name="catalog-refresh")
-        yield
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            pass
+        async with background(service.run(), "catalog-refresh"):
+            yield
 
     return ctx
 

@@ -29,6 +29,7 @@ from aiohttp import web
 from fleetd.coordinator.auth import TOKENS
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.core.background import background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
 from fleetd.core.names import InvalidModelName, normalize
@@ -437,11 +438,6 @@ async def run_distribution(app: web.Application) -> AsyncIterator[None]:
     for agent in dist.registry.online():
         # The supported list may have changed while we were down; what agents hold is known.
         await dist.sync(agent.id, ask=False)
-    task = asyncio.create_task(dist.run(), name="distribution")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(dist.run(), "distribution"):
+        yield
     await dist.close()
