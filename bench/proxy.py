@@ -48,7 +48,10 @@ ENV = {
     "PYTHONUNBUFFERED": "1",
 }
 LISTENING_RE = re.compile(r"listening on (http://\S+)")
-JSON = {"Content-Type": "application/json"}
+LITELLM_KEY = "sk-bench"
+JSON = {"Content-Type": "application/json", "Authorization": f"Bearer {LITELLM_KEY}"}
+"""Every target gets the same headers; only LiteLLM checks the key (fleetd ignores it while
+FLEETD_API_KEYS is empty)."""
 MESSAGES = [{"role": "user", "content": "Say hello to the benchmark."}]
 V1 = "/v1/chat/completions"
 NATIVE = "/api/chat"
@@ -114,12 +117,9 @@ async def spawn(name: str, *args: str) -> Proc:
 
 
 async def start_litellm(sim_url: str, work: Path) -> Proc | None:
-    """LiteLLM's proxy in front of the sim's OpenAI API, when it is installed."""
-    try:
-        import litellm  # noqa: F401
-    except ImportError:
-        return None
-    exe = shutil.which("litellm")
+    """LiteLLM's proxy in front of the sim's OpenAI API, when it is installed (the ``bench``
+    extra, or any ``litellm`` executable named by ``$LITELLM``, e.g. in a separate venv)."""
+    exe = os.environ.get("LITELLM") or shutil.which("litellm")
     if exe is None:
         return None
     config = work / "litellm.yaml"
@@ -130,6 +130,11 @@ async def start_litellm(sim_url: str, work: Path) -> Proc | None:
         f"      model: openai/{MODEL}\n"
         f"      api_base: {sim_url}/v1\n"
         "      api_key: none\n"
+        "litellm_settings:\n"
+        "  num_retries: 0\n"
+        "  callbacks: []\n"
+        "general_settings:\n"
+        f"  master_key: {LITELLM_KEY}\n"
     )
     port = 40000 + os.getpid() % 20000
     proc = await asyncio.create_subprocess_exec(
@@ -138,7 +143,7 @@ async def start_litellm(sim_url: str, work: Path) -> Proc | None:
         str(config),
         "--port",
         str(port),
-        env=ENV,
+        env={**ENV, "LITELLM_LOCAL_MODEL_COST_MAP": "True"},
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
