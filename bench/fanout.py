@@ -55,7 +55,7 @@ LISTENING_RE = re.compile(r"listening on (http://\S+)")
 
 
 class _Reply(msgspec.Struct):
-    agent: dict[str, Any]
+    id: str
 
 
 class SimAgents:
@@ -128,7 +128,7 @@ class SimAgents:
                 self.coordinator + "/api/agents", json=body, headers=AGENT_HEADERS
             ) as r:
                 reply = msgspec.json.decode(await r.read(), type=_Reply)
-            self.ids[i] = str(reply.agent["id"])
+            self.ids[i] = reply.id
             await self.heartbeat(i)
 
         await asyncio.gather(*(one(i) for i in range(self.n)))

@@ -57,14 +57,31 @@ def test_agent_without_gpu_is_refused_and_exits(fleet: Fleet) -> None:
     assert len(refusal) == 1, a.log
     assert "Traceback" not in a.log
     assert agents(coord.url) == []
+    # gpu_required is decided before anything else about the agent is checked
     with httpx.Client(base_url=coord.url, timeout=5) as c:
-        r = c.post(
-            "/api/agents",
-            headers={"Authorization": f"Bearer {AGENT_TOKEN}"},
-            json={"name": "x", "url": "not even a url", "gpus": []},
-        )
-    assert r.status_code == 403
-    assert r.json()["error"]["code"] == "gpu_required"
+        for body in (
+            {"name": "x", "url": "not even a url", "gpus": []},
+            {"gpus": []},
+            {"name": 5, "url": 5, "gpus": []},
+            {"name": "x", "url": "http://h:1"},
+        ):
+            r = c.post("/api/agents", headers={"Authorization": f"Bearer {AGENT_TOKEN}"}, json=body)
+            assert r.status_code == 403, body
+            assert r.json()["error"]["code"] == "gpu_required"
+
+
+def test_registration_answers_with_the_agent_object(fleet: Fleet) -> None:
+    coord = fleet.coordinator(supported_models=["qwen2.5:0.5b"])
+    body = {"name": "raw", "url": "http://127.0.0.1:9/x", "gpus": [SIM_GPU], "extra": 1}
+    with httpx.Client(base_url=coord.url, timeout=5) as c:
+        r = c.post("/api/agents", json=body, headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
+        assert r.status_code == 200
+        reply = r.json()
+        assert reply["name"] == "raw" and reply["url"] == body["url"]
+        assert reply["initializing"] is True and reply["supported_models"] == ["qwen2.5:0.5b"]
+        again = c.post("/api/agents", json=body, headers={"Authorization": f"Bearer {AGENT_TOKEN}"})
+        assert again.json()["id"] == reply["id"]
+    assert [a["id"] for a in agents(coord.url)] == [reply["id"]]
 
 
 def test_wrong_or_missing_tokens_are_401(fleet: Fleet) -> None:
@@ -159,7 +176,7 @@ def test_generated_tokens_are_owner_only_and_stable(fleet: Fleet) -> None:
     [
         ("/api/agents", b"{not json", 400, "malformed JSON"),
         ("/api/agents", b"", 400, "empty"),
-        ("/api/agents", b'{"name": "x", "gpus": []}', 400, "url"),
+        ("/api/agents", b'{"name": "x", "gpus": [{"name": "g", "memory_bytes": 1}]}', 400, "url"),
         (
             "/api/agents",
             b'{"name": 3, "url": "http://h:1", "gpus": [{"name":"g","memory_bytes":1}]}',
@@ -174,6 +191,25 @@ def test_generated_tokens_are_owner_only_and_stable(fleet: Fleet) -> None:
             "register again",
         ),
         ("/api/agents/unknown/heartbeat", b'{"initializing": "yes"}', 400, "initializing"),
+        (
+            "/api/agents/unknown/heartbeat",
+            b'{"initializing": false, "ready_models": -1, "total_models": 4}',
+            400,
+            "ready_models",
+        ),
+        (
+            "/api/agents/unknown/heartbeat",
+            b'{"initializing": false, "ready_models": 1, "total_models": 4,'
+            b' "gpus": [{"name": "g", "memory_bytes": 8, "utilization": 7}]}',
+            400,
+            "gpus[0].utilization",
+        ),
+        (
+            "/api/agents",
+            b'{"name": "x", "url": "http://h:1", "gpus": [{"name": "g", "memory_bytes": 0}]}',
+            400,
+            "gpus[0].memory_bytes",
+        ),
     ],
 )
 def test_bad_input_is_a_json_4xx_naming_the_problem(
@@ -197,3 +233,18 @@ def test_metrics_and_healthz(fleet: Fleet) -> None:
         text = c.get("/metrics").text
     assert 'fleetd_agents{status="online"} 1.0' in text
     assert "fleetd_http_requests_total" in text
+
+
+def test_an_invalid_model_name_is_refused_before_anything_else(fleet: Fleet) -> None:
+    coord = fleet.coordinator()
+    with admin(coord.url) as c:
+        for body in (
+            {"model": "Bad Name!", "agents": 5},
+            {"model": "Bad Name!", "agents": "all", "if_installed": "never"},
+        ):
+            r = c.post("/api/distributions", json=body)
+            assert r.status_code == 400
+            assert r.json()["error"]["message"] == "model: invalid model name 'Bad Name!'"
+        r = c.post("/api/distributions", content=b"x" * (65 << 20))
+        assert r.status_code == 413
+        assert "64 MiB" in r.json()["error"]["message"]

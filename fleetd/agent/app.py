@@ -14,7 +14,7 @@ from fleetd.agent.residency import run_residency
 from fleetd.agent.runtime import RUNTIME, Runtime, load_identity
 from fleetd.config import Config, expand
 from fleetd.core import tokens
-from fleetd.core.errors import StartupError, error_middleware
+from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
 
@@ -46,7 +46,7 @@ async def build_app(config: Config) -> web.Application:
 
     app = web.Application(
         middlewares=[error_middleware],
-        client_max_size=8 << 20,
+        client_max_size=MAX_BODY_BYTES,
         # A client that disconnects cancels its handler, and so its request to Ollama.
         handler_args={"handler_cancellation": True},
     )

@@ -321,19 +321,21 @@ class Downloads:
             await asyncio.sleep(delay)
 
     async def _tags(self) -> dict[str, dict[str, InstalledModel]]:
-        """Installed models per reachable server URL (unreachable servers are left out)."""
+        """Installed models per usable server URL; when none is usable, the last reason why."""
         out: dict[str, dict[str, InstalledModel]] = {}
+        last: OllamaError | None = None
         for s in self.servers:
             try:
                 out[s.url] = {m.name: m for m in await s.ollama.tags()}
             except OllamaError as err:
                 log.warning("%s", err)
+                last = err
+        if not out and last is not None:
+            raise OllamaError(f"no usable Ollama server on this agent: {last}", transient=True)
         return out
 
     async def _attempt(self, e: Entry) -> None:
         tags = await self._tags()
-        if not tags:
-            raise OllamaError("no Ollama server of this agent is reachable", transient=True)
         holders = [url for url, models in tags.items() if e.model in models]
         if holders and not e.redownload:
             e.total_bytes = e.completed_bytes = tags[holders[0]][e.model].size

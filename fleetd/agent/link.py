@@ -161,11 +161,9 @@ class Link:
                     delay,
                 )
             else:
-                self.rt.agent_id = reply.agent.id
+                self.rt.agent_id = reply.id
                 await self.rt.set_supported(reply.supported_models)
-                log.info(
-                    "registered with %s as agent %s (%s)", self.base, reply.agent.id, self.rt.name
-                )
+                log.info("registered with %s as agent %s (%s)", self.base, reply.id, self.rt.name)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)

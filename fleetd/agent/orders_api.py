@@ -19,7 +19,7 @@ routes = web.RouteTableDef()
 async def submit_order(request: web.Request) -> web.Response:
     """Queue a download; a repeated order gets the task's current state (idempotent)."""
     require_coordinator(request)
-    order = await read_json(request, Order)
+    order = await read_json(request, Order, model_first=True)
     try:
         order.model = normalize(order.model)
     except InvalidModelName:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
@@ -9,10 +12,20 @@ from fleetd.coordinator.metrics import METRICS
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
-from fleetd.core.http import json_response, read_json
-from fleetd.core.wire import Agent, Heartbeat, Registration, RegistrationReply
+from fleetd.core.http import encode, json_response, read_json
+from fleetd.core.wire import Agent, Heartbeat, Registration
 
 routes = web.RouteTableDef()
+
+
+class _GpusOnly(msgspec.Struct):
+    gpus: Any = None
+
+
+def _reply(agent: Agent, supported: list[str]) -> web.Response:
+    """The agent object itself plus ``supported_models`` (what the agent must hold)."""
+    body = encode(agent)[:-1] + b',"supported_models":' + encode(supported) + b"}"
+    return web.Response(body=body, content_type="application/json")
 
 
 def agent_or_404(request: web.Request) -> Agent:
@@ -26,21 +39,23 @@ def agent_or_404(request: web.Request) -> Agent:
 @routes.post("/api/agents")
 async def register_agent(request: web.Request) -> web.Response:
     require_agent(request)
-    reg = await read_json(request, Registration)
-    if not reg.gpus:
+    try:
+        gpus = msgspec.json.decode(await request.read(), type=_GpusOnly).gpus
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        gpus = ...  # not even an object: read_json names the problem below
+    if gpus is None or gpus == []:
+        # Decided before anything else about the agent is looked at (interface.md).
         raise ApiError(
-            403,
-            "gpu_required",
-            f"agent {reg.name!r} reported no GPU; fleetd agents need at least one GPU",
+            403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
         )
+    reg = await read_json(request, Registration)
     if not reg.url.startswith(("http://", "https://")):
         raise ApiError(400, "bad_request", f"url: expected an http(s) URL, got {reg.url!r}")
     if not reg.name.strip():
         raise ApiError(400, "bad_request", "name: must not be empty")
     supported = request.app[SETTINGS].supported_models
     agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
-    reply = RegistrationReply(agent=agent, supported_models=supported)
-    return json_response(reply, status=200)
+    return _reply(agent, supported)
 
 
 @routes.post("/api/agents/{id}/heartbeat")
@@ -53,8 +68,7 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
             f"no agent with id {request.match_info['id']!r}; register again", code="unknown_agent"
         )
     request.app[METRICS].heartbeats.inc()
-    reply = RegistrationReply(agent=agent, supported_models=request.app[SETTINGS].supported_models)
-    return json_response(reply)
+    return _reply(agent, request.app[SETTINGS].supported_models)
 
 
 @routes.get("/api/agents")

@@ -25,7 +25,7 @@ from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, ser
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core import tokens
-from fleetd.core.errors import StartupError, error_middleware
+from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
@@ -61,7 +61,7 @@ async def build_app(config: Config) -> web.Application:
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware],
-        client_max_size=8 << 20,
+        client_max_size=MAX_BODY_BYTES,
         # A client that disconnects cancels its handler, and so its request to the agent.
         handler_args={"handler_cancellation": True},
     )

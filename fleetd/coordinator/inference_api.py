@@ -227,7 +227,7 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     fleet's, shown on the dashboard), unlike Ollama, which cancels a pull nobody waits for.
     """
     require_admin(request)
-    req = await read_json(request, _PullRequest)
+    req = await read_json(request, _PullRequest, model_first=True)
     raw = req.model or req.name
     if not raw:
         raise bad_request("model is required", param="model")

@@ -69,7 +69,7 @@ def _targets(request: web.Request, agents: str | list[str]) -> list[Agent]:
 async def create_distribution(request: web.Request) -> web.Response:
     """Order a model onto one agent, a list, or every online agent (orders go out at once)."""
     require_admin(request)
-    req = await read_json(request, DistributionRequest)
+    req = await read_json(request, DistributionRequest, model_first=True)
     model = _model(req.model)
     if_installed = _choice(req.if_installed, IF_INSTALLED, "if_installed")
     if_offline = _choice(req.if_offline, IF_OFFLINE, "if_offline")

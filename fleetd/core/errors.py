@@ -17,6 +17,10 @@ from aiohttp import web
 log = logging.getLogger("fleetd.http")
 
 
+MAX_BODY_BYTES = 64 << 20
+"""Largest request body either role accepts (chat requests may carry images)."""
+
+
 class StartupError(Exception):
     """A role cannot start (unknown plugin, unusable data_dir…); shown as one line."""
 
@@ -140,7 +144,12 @@ async def error_middleware(request: web.Request, handler: _Handler) -> web.Strea
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             e.status, "http_error"
         )
-        message = e.reason if e.status != 404 else f"no route for {request.method} {request.path}"
+        if e.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif e.status == 413:
+            message = f"request body too large (the limit is {MAX_BODY_BYTES >> 20} MiB)"
+        else:
+            message = e.reason
         return error_response(request.path, ApiError(e.status, code, message))
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Annotated, Protocol
 
 import msgspec
 
@@ -11,9 +11,10 @@ from fleetd.config import AgentConfig
 
 class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
     name: str
-    memory_bytes: int
-    memory_used_bytes: int | None = None
-    utilization: float | None = None
+    memory_bytes: Annotated[int, msgspec.Meta(gt=0)]
+    memory_used_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    utilization: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
+    """0.0–1.0, as interface.md says; a percentage is refused, not stored."""
 
 
 class GpuProbe(Protocol):

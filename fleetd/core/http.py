@@ -11,6 +11,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.core.errors import ApiError, bad_request, explain_validation
+from fleetd.core.names import is_valid
 
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 
@@ -45,11 +46,26 @@ def json_response(
     )
 
 
-async def read_json(request: web.Request, type_: type[T]) -> T:
-    """Decode the body strictly into ``type_``; any problem is a 400 naming the field."""
+class _ModelOnly(msgspec.Struct):
+    model: Any = None
+
+
+async def read_json(request: web.Request, type_: type[T], *, model_first: bool = False) -> T:
+    """Decode the body strictly into ``type_``; any problem is a 400 naming the field.
+
+    With ``model_first``, a ``model`` that breaks Ollama's naming rule is refused before
+    anything else in the body is looked at (interface.md).
+    """
     body = await request.read()
     if not body:
         raise bad_request("request body is empty; expected a JSON object")
+    if model_first:
+        try:
+            model = msgspec.json.decode(body, type=_ModelOnly).model
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            model = None  # the strict decode below names the problem
+        if isinstance(model, str) and not is_valid(model):
+            raise bad_request(f"model: invalid model name {model!r}", param="model")
     try:
         return msgspec.json.decode(body, type=type_)
     except msgspec.ValidationError as e:

@@ -93,18 +93,19 @@ class PullProgress:
 
 
 def error_message(body: bytes) -> str:
-    """Ollama's ``{"error": "..."}`` text, or the raw body when it is something else."""
+    """Ollama's ``{"error": "..."}`` text, or the start of whatever else came, on one line."""
     try:
         obj = msgspec.json.decode(body)
     except msgspec.DecodeError:
-        return body[:200].decode(errors="replace").strip() or "empty reply"
+        obj = None
     if isinstance(obj, dict):
         err = obj.get("error")
         if isinstance(err, str):
             return err
         if isinstance(err, dict) and isinstance(err.get("message"), str):
             return str(err["message"])
-    return body[:200].decode(errors="replace")
+    text = " ".join(body[:300].decode(errors="replace").split())
+    return (text[:200] + "…" if len(text) > 200 else text) or "empty reply"
 
 
 class Ollama:

@@ -7,11 +7,13 @@ Timestamps are UTC datetimes (ISO 8601 on the wire).
 from __future__ import annotations
 
 from datetime import datetime, timezone
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
 
 from fleetd.core.gpu import Gpu
+
+Count = Annotated[int, msgspec.Meta(ge=0)]
 
 TaskStatus = Literal["queued", "downloading", "completed", "failed", "waiting", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -49,9 +51,9 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     """``POST /api/agents/{id}/heartbeat``."""
 
     initializing: bool
-    ready_models: int
-    total_models: int
-    requests_in_flight: int = 0
+    ready_models: Count
+    total_models: Count
+    requests_in_flight: Count = 0
     gpus: list[Gpu] | None = None
     cpu_percent: float | None = None
     memory_percent: float | None = None
@@ -83,10 +85,11 @@ class Agent(msgspec.Struct, kw_only=True):
     loaded_models: list[str] = msgspec.field(default_factory=list)
 
 
-class RegistrationReply(msgspec.Struct, kw_only=True):
-    """What the coordinator answers to a registration or heartbeat: the agent plus orders."""
+class RegistrationReply(msgspec.Struct):
+    """What an agent reads from the coordinator's reply to a registration or heartbeat: the
+    agent object itself (``id`` included) with the ``supported_models`` it must hold."""
 
-    agent: Agent
+    id: str
     supported_models: list[str]
 
 
