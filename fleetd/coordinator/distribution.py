@@ -127,8 +127,13 @@ class Distribution:
         """Run ``coro`` in the background; it is cancelled when the coordinator stops."""
         job = asyncio.get_running_loop().create_task(coro)
         self._jobs.add(job)
-        job.add_done_callback(self._jobs.discard)
+        job.add_done_callback(self._finished)
         return job
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            log.error("background job failed", exc_info=exc)
 
     async def launch(self, new: list[Task]) -> None:
         """Persist new (or retried) tasks, then order them, even if the caller is cancelled
@@ -392,23 +397,27 @@ class Distribution:
     # -- agents coming and going ---------------------------------------------------------
 
     def _agent_online(self, agent: Agent) -> None:
-        self._spawn(self.sync(agent.id))
+        self._spawn(self.sync(agent.id, reported=self.registry.reported_models.get(agent.id)))
 
     def _agent_offline(self, agent: Agent) -> None:
         for t in self.tasks.values():
             if t.agent_id == agent.id and t.status not in TERMINAL:
                 self._set_waiting(t)
 
-    async def sync(self, agent_id: str, *, ask: bool = True) -> None:
-        """Bring an agent that (re)appeared up to date: learn what it has (``ask``: from the
-        agent, else as last known), re-send the orders it may have missed, and order every
-        supported model it lacks."""
+    async def sync(
+        self, agent_id: str, *, ask: bool = True, reported: list[InstalledModel] | None = None
+    ) -> None:
+        """Bring an agent that (re)appeared up to date: learn what it has (``reported`` in its
+        registration; else with ``ask`` from the agent, else as last known), re-send the orders
+        it may have missed, and order every supported model it lacks."""
         lock = self._syncing.setdefault(agent_id, asyncio.Lock())
         async with lock:
             agent = self.registry.get(agent_id)
             if agent is None or agent.status != "online":
                 return
-            if ask:
+            if reported is not None:
+                await self.record_installed(agent_id, reported)
+            elif ask:
                 try:
                     await self.fetch_models(agent)
                 except AgentUnreachable as e:

@@ -18,7 +18,7 @@ from aiohttp import web
 
 from fleetd.core.events import EventBus
 from fleetd.core.store import Store
-from fleetd.core.wire import Agent, Heartbeat, Registration, utcnow
+from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, utcnow
 
 log = logging.getLogger("fleetd.registry")
 
@@ -41,6 +41,8 @@ class Registry:
         self.on_change: list[Listener] = []
         """Called on every change, heartbeats included (balancer, gate)."""
         self.heartbeats = 0
+        self.reported_models: dict[str, list[InstalledModel]] = {}
+        """Installed models an agent listed when it registered, for on_online listeners."""
 
     async def load(self) -> None:
         now = time.monotonic()
@@ -115,7 +117,10 @@ class Registry:
         self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
+        if reg.models is not None:
+            self.reported_models[a.id] = reg.models
         self._notify(self.on_online, a)
+        self.reported_models.pop(a.id, None)
         return a
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> Agent | None:

@@ -165,6 +165,16 @@ class SqliteStore:
         self._queue.put((fn, fut))
         return await asyncio.wrap_future(fut)
 
+    async def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        """Run ``sql`` for each row. Nothing comes back: a cursor handed to the event loop's
+        thread and collected there would reset its statement under the store thread's feet
+        (SQLite: "bad parameter or other API misuse")."""
+
+        def write(c: sqlite3.Connection) -> None:
+            c.executemany(sql, rows)
+
+        await self._submit(write)
+
     async def close(self) -> None:
         if self._closed or not self._thread.is_alive():
             self._closed = True
@@ -181,10 +191,8 @@ class SqliteStore:
 
     async def save_agents(self, agents: Iterable[Agent]) -> None:
         rows = [(a.id, a.url, a.instance_id, self._enc.encode(a)) for a in agents]
-        await self._submit(
-            lambda c: c.executemany(
-                "INSERT OR REPLACE INTO agents(id, url, instance_id, data) VALUES (?,?,?,?)", rows
-            )
+        await self._write(
+            "INSERT OR REPLACE INTO agents(id, url, instance_id, data) VALUES (?,?,?,?)", rows
         )
 
     async def load_tasks(self) -> list[Task]:
@@ -193,10 +201,8 @@ class SqliteStore:
 
     async def save_tasks(self, tasks: Iterable[Task]) -> None:
         rows = [(t.id, t.agent_id, t.status, self._enc.encode(t)) for t in tasks]
-        await self._submit(
-            lambda c: c.executemany(
-                "INSERT OR REPLACE INTO tasks(id, agent_id, status, data) VALUES (?,?,?,?)", rows
-            )
+        await self._write(
+            "INSERT OR REPLACE INTO tasks(id, agent_id, status, data) VALUES (?,?,?,?)", rows
         )
 
     async def load_installed(self) -> dict[str, list[InstalledModel]]:
@@ -224,9 +230,7 @@ class SqliteStore:
         return None if row is None else bytes(row[0])
 
     async def set_kv(self, key: str, value: bytes) -> None:
-        await self._submit(
-            lambda c: c.execute("INSERT OR REPLACE INTO kv(key, value) VALUES (?,?)", (key, value))
-        )
+        await self._write("INSERT OR REPLACE INTO kv(key, value) VALUES (?,?)", [(key, value)])
 
 
 STORE = web.AppKey("store", Store)

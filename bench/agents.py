@@ -1,0 +1,523 @@
+"""Heartbeat scale: N simulated agents against fleetd's coordinator and a bare one, same run.
+
+One process simulates N agents: each registers (name, a URL such as
+``http://127.0.0.1:9/sim/17``, GPUs) and then heartbeats at the real interval with the body a
+real agent sends, the N schedules spread evenly over the interval. Registration happens on
+each agent's first slot, as when a whole fleet restarts. Once registrations have settled,
+for each target it measures the CPU time of the target's process tree from ``/proc`` over
+``--duration`` seconds, its RSS at the end, the median time of ``GET /api/agents`` and the
+agents the target judged offline although they kept heartbeating. The figure judged is
+fleetd's CPU over the bare coordinator's (``bench/bare_coordinator.py``).
+
+    python -m bench.agents [--agents 1000,5000,10000] [--interval 5] [--duration 60]
+
+The load generator runs on the same cores as the target; its own CPU, the heartbeat rate it
+achieved and its worst lag behind schedule are printed so a saturated generator shows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import pstats
+import random
+import re
+import resource
+import signal
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import msgspec
+
+from fleetd.core.server import run
+
+ROOT = Path(__file__).resolve().parent.parent
+ADMIN_TOKEN = "bench-admin-token"
+AGENT_TOKEN = "bench-agent-token"
+AGENT_HEADERS = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+HEARTBEAT_TIMEOUT_S = 20.0
+GPU_NAME = "NVIDIA H100 80GB HBM3"
+GPU_MEMORY = 85_899_345_920
+MODELS = ["gpt-oss:20b", "gpt-oss:120b", "gpt-oss-safeguard:20b", "qwen3-coder:30b"]
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+LISTENING_RE = re.compile(r"listening on (http://\S+)")
+OFFLINE_RE = re.compile(r"offline: silent")
+REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
+
+
+class _Reply(msgspec.Struct):
+    """Registration answers with the agent object itself."""
+
+    id: str
+
+
+class _Status(msgspec.Struct):
+    status: str = "online"
+
+
+class _AgentList(msgspec.Struct):
+    agents: list[_Status]
+
+
+# --- /proc -------------------------------------------------------------------------------
+
+
+def _stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, CPU seconds in user and kernel mode, all threads) of one process."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            data = f.read()
+    except OSError:
+        return None
+    fields = data[data.rindex(")") + 2 :].split()
+    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def _tree(root: int) -> list[int]:
+    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p)))}
+    pids, i = [root], 0
+    while i < len(pids):
+        pids.extend(p for p, (ppid, _) in stats.items() if ppid == pids[i])
+        i += 1
+    return [p for p in pids if p in stats]
+
+
+def tree_cpu_s(root: int) -> float:
+    """CPU seconds spent so far by ``root`` and its live descendants."""
+    return sum(s[1] for p in _tree(root) if (s := _stat(p)))
+
+
+def tree_rss_mb(root: int) -> float:
+    """Resident memory (VmRSS) of ``root`` and its descendants, in MB."""
+    kb = 0
+    for pid in _tree(root):
+        try:
+            with open(f"/proc/{pid}/status", encoding="ascii") as f:
+                kb += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
+        except OSError:
+            continue
+    return kb / 1024
+
+
+def own_cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+# --- targets -----------------------------------------------------------------------------
+
+
+@dataclass
+class Target:
+    """A coordinator under test, started as a subprocess whose log is drained and scanned."""
+
+    kind: str
+    proc: asyncio.subprocess.Process
+    url: str = ""
+    offline_events: int = 0
+    tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
+    reader: asyncio.Task[None] | None = None
+
+    async def drain(self) -> None:
+        assert self.proc.stdout is not None
+        async for raw in self.proc.stdout:
+            line = raw.decode(errors="replace").rstrip()
+            self.tail.append(line)
+            if OFFLINE_RE.search(line):
+                self.offline_events += 1
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 60)
+            except asyncio.TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+        if self.reader is not None:
+            await self.reader
+
+
+async def start_target(kind: str, data_dir: Path, profile: Path | None) -> Target:
+    env = {
+        **os.environ,
+        "FLEETD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FLEETD_AGENT_TOKEN": AGENT_TOKEN,
+        "PYTHONUNBUFFERED": "1",
+    }
+    if kind == "fleetd":
+        config = data_dir / "coordinator.toml"
+        toml = f"[coordinator]\nheartbeat_timeout_s = {HEARTBEAT_TIMEOUT_S}\n"
+        await asyncio.to_thread(config.write_text, toml)
+        prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+        args = [*prof, "-m", "fleetd", "--role", "coordinator", "--config", str(config)]
+        args += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data")]
+    else:
+        args = ["-m", "bench.bare_coordinator", "--listen", "127.0.0.1:0"]
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    target = Target(kind, proc)
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 30
+    while not target.url:
+        try:
+            raw = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
+        except asyncio.TimeoutError:
+            raw = b""
+        if not raw:
+            proc.kill()
+            await proc.wait()
+            sys.exit(f"{kind} did not start; its log:\n" + "\n".join(target.tail))
+        line = raw.decode(errors="replace").rstrip()
+        target.tail.append(line)
+        if m := LISTENING_RE.search(line):
+            target.url = m.group(1)
+    target.reader = asyncio.create_task(target.drain())
+    return target
+
+
+# --- simulated agents --------------------------------------------------------------------
+
+
+class SimAgent:
+    """One simulated agent: its registration and the figures its heartbeats report."""
+
+    __slots__ = ("body", "gpus", "id", "index", "last_ok", "max_gap", "phase")
+
+    def __init__(self, index: int, phase: float, gpus: int) -> None:
+        self.index = index
+        self.phase = phase
+        self.id = ""
+        self.last_ok = 0.0
+        self.max_gap = 0.0
+        self.gpus: list[dict[str, Any]] = [
+            {"name": GPU_NAME, "memory_bytes": GPU_MEMORY} for _ in range(gpus)
+        ]
+        self.body = msgspec.json.encode(
+            {
+                "name": f"sim-{index}",
+                "url": f"http://127.0.0.1:9/sim/{index}",
+                "gpus": self.gpus,
+                "instance_id": uuid.uuid4().hex,
+                "version": "bench",
+                "ollama_versions": ["0.12.6"],
+                "models": [
+                    {"name": m, "size": 13_000_000_000, "digest": f"sha256:{i:064x}"}
+                    for i, m in enumerate(MODELS)
+                ],
+            }
+        )
+
+    def heartbeat(self, rng: random.Random) -> bytes:
+        """The body ``Link.heartbeat_once`` sends, with figures that move like real ones."""
+        for g in self.gpus:
+            g["memory_used_bytes"] = rng.randrange(GPU_MEMORY // 2, GPU_MEMORY)
+            g["utilization"] = round(rng.random(), 2)
+        return msgspec.json.encode(
+            {
+                "initializing": False,
+                "ready_models": len(MODELS),
+                "total_models": len(MODELS),
+                "requests_in_flight": rng.randrange(8),
+                "gpus": self.gpus,
+                "cpu_percent": round(rng.uniform(2, 60), 1),
+                "memory_percent": round(rng.uniform(20, 40), 1),
+                "status_message": "",
+                "loaded_models": MODELS[:1],
+            }
+        )
+
+
+@dataclass
+class Load:
+    """Drives N simulated agents with a few tasks sharing one ClientSession."""
+
+    session: aiohttp.ClientSession
+    url: str
+    agents: list[SimAgent]
+    interval: float
+    registered: int = 0
+    heartbeats: int = 0
+    reregistered: int = 0
+    errors: int = 0
+    max_lag: float = 0.0
+    rng: random.Random = field(default_factory=lambda: random.Random(12))
+
+    async def register(self, a: SimAgent) -> None:
+        async with self.session.post(
+            self.url + "/api/agents", data=a.body, headers=AGENT_HEADERS, timeout=REQUEST_TIMEOUT
+        ) as r:
+            body = await r.read()
+            if r.status != 200:
+                raise RuntimeError(f"registration refused: HTTP {r.status}: {body[:200]!r}")
+        a.id = msgspec.json.decode(body, type=_Reply).id
+        a.last_ok = asyncio.get_running_loop().time()
+        self.registered += 1
+
+    async def beat(self, a: SimAgent) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            async with self.session.post(
+                f"{self.url}/api/agents/{a.id}/heartbeat",
+                data=a.heartbeat(self.rng),
+                headers=AGENT_HEADERS,
+                timeout=REQUEST_TIMEOUT,
+            ) as r:
+                await r.read()
+                status = r.status
+        except (aiohttp.ClientError, asyncio.TimeoutError):
+            self.errors += 1
+            return
+        if status == 404:  # forgotten: a real agent registers again
+            self.reregistered += 1
+            await self.register(a)
+            return
+        if status != 200:
+            self.errors += 1
+            return
+        now = loop.time()
+        a.max_gap = max(a.max_gap, now - a.last_ok)
+        a.last_ok = now
+        self.heartbeats += 1
+
+    async def drive(self, agents: Sequence[SimAgent], t0: float) -> None:
+        """Each agent's slot comes once per interval; the first one registers it."""
+        loop = asyncio.get_running_loop()
+        base = t0
+        while True:
+            for a in agents:
+                delay = base + a.phase - loop.time()
+                if delay > 0.002:
+                    await asyncio.sleep(delay)
+                elif delay < 0:
+                    self.max_lag = max(self.max_lag, -delay)
+                await (self.beat(a) if a.id else self.register(a))
+            base += self.interval
+
+    def reset_window(self) -> None:
+        self.max_lag = 0.0
+        for a in self.agents:
+            a.max_gap = 0.0
+
+
+# --- one measurement ---------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    kind: str
+    n: int
+    cpu_pct: float
+    rss_mb: float
+    list_ms: float
+    offline: int | None
+    load_cpu_pct: float
+    hb_rate: float
+    max_lag: float
+    max_gap: float
+    register_s: float
+
+
+async def time_list(session: aiohttp.ClientSession, url: str, n: int) -> tuple[float, int]:
+    """Median of five ``GET /api/agents`` (body fully read) and how many agents are offline."""
+    times: list[float] = []
+    body = b""
+    for _ in range(5):
+        t = time.perf_counter()
+        async with session.get(url + "/api/agents", headers=ADMIN_HEADERS) as r:
+            body = await r.read()
+            r.raise_for_status()
+        times.append(time.perf_counter() - t)
+    agents = msgspec.json.decode(body, type=_AgentList).agents
+    if len(agents) != n:
+        print(f"  warning: the list holds {len(agents)} agents, expected {n}", file=sys.stderr)
+    return statistics.median(times) * 1000, sum(a.status != "online" for a in agents)
+
+
+async def measure(kind: str, n: int, args: argparse.Namespace, profile: Path | None) -> Result:
+    with tempfile.TemporaryDirectory(prefix=f"bench-agents-{kind}-") as tmp:
+        target = await start_target(kind, Path(tmp), profile)
+        connector = aiohttp.TCPConnector(limit=args.workers, limit_per_host=0)
+        try:
+            async with aiohttp.ClientSession(connector=connector) as session:
+                return await _drive_and_measure(target, session, n, args)
+        finally:
+            await target.stop()
+
+
+async def _drive_and_measure(
+    target: Target, session: aiohttp.ClientSession, n: int, args: argparse.Namespace
+) -> Result:
+    interval: float = args.interval
+    agents = [SimAgent(i, i * interval / n, args.gpus) for i in range(n)]
+    load = Load(session, target.url, agents, interval)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time() + 0.5
+    drivers = [
+        asyncio.create_task(load.drive(agents[w :: args.workers], t0)) for w in range(args.workers)
+    ]
+    try:
+        while load.registered < n:
+            await asyncio.sleep(0.2)
+            for d in drivers:
+                if d.done() and d.exception() is not None:
+                    # a refused registration ends the run with its reason and the target's log
+                    print("\n".join(target.tail), file=sys.stderr)
+                    d.result()
+        register_s = loop.time() - t0
+        await asyncio.sleep(2 * interval)  # let the first heartbeats of every agent land
+        load.reset_window()
+        cpu0 = await asyncio.to_thread(tree_cpu_s, target.proc.pid)
+        beats, own0, w0 = load.heartbeats, own_cpu_s(), loop.time()
+        await asyncio.sleep(args.duration)
+        cpu1 = await asyncio.to_thread(tree_cpu_s, target.proc.pid)
+        own1, w1 = own_cpu_s(), loop.time()
+        rate = (load.heartbeats - beats) / (w1 - w0)
+        rss = await asyncio.to_thread(tree_rss_mb, target.proc.pid)
+        list_ms, offline_now = await time_list(session, target.url, n)
+    finally:
+        for d in drivers:
+            d.cancel()
+        await asyncio.gather(*drivers, return_exceptions=True)
+    if load.errors or load.reregistered:
+        print(
+            f"  {target.kind}: {load.errors} failed heartbeats, "
+            f"{load.reregistered} re-registrations",
+            file=sys.stderr,
+        )
+    return Result(
+        kind=target.kind,
+        n=n,
+        cpu_pct=100 * (cpu1 - cpu0) / (w1 - w0),
+        rss_mb=rss,
+        list_ms=list_ms,
+        offline=(target.offline_events + offline_now) if target.kind == "fleetd" else None,
+        load_cpu_pct=100 * (own1 - own0) / (w1 - w0),
+        hb_rate=rate,
+        max_lag=load.max_lag,
+        max_gap=max(a.max_gap for a in agents),
+        register_s=register_s,
+    )
+
+
+# --- the report --------------------------------------------------------------------------
+
+
+def _median(results: list[Result], kind: str, n: int, attr: str) -> float | None:
+    values = [getattr(r, attr) for r in results if r.kind == kind and r.n == n]
+    return statistics.median(values) if values else None
+
+
+def _fmt(v: float | None, spec: str = ".1f") -> str:
+    return "—" if v is None else format(v, spec)
+
+
+def report(results: list[Result], ns: list[int], interval: float) -> None:
+    print()
+    print(
+        "| agents | CPU ratio fleetd/bare (goal ≤ 1.5) | fleetd CPU % | bare CPU % "
+        "| fleetd RSS MB (goal ≤ 150 at 5k) | bare RSS MB | GET /api/agents ms fleetd "
+        "(goal ≤ 200 at 5k) | bare ms | misjudged offline (goal 0) "
+        "| load gen CPU % | heartbeats/s (target) | max lag s | max gap s |"
+    )
+    print("|" + "---|" * 13)
+    for n in ns:
+        f = _median(results, "fleetd", n, "cpu_pct")
+        b = _median(results, "bare", n, "cpu_pct")
+        ratio = f / b if f is not None and b else None
+        offline = [r.offline for r in results if r.n == n and r.offline is not None]
+        lags = [r.max_lag for r in results if r.n == n]
+        gaps = [r.max_gap for r in results if r.n == n]
+        print(
+            f"| {n} | {_fmt(ratio, '.2f')}× | {_fmt(f)} | {_fmt(b)} "
+            f"| {_fmt(_median(results, 'fleetd', n, 'rss_mb'))} "
+            f"| {_fmt(_median(results, 'bare', n, 'rss_mb'))} "
+            f"| {_fmt(_median(results, 'fleetd', n, 'list_ms'))} "
+            f"| {_fmt(_median(results, 'bare', n, 'list_ms'))} "
+            f"| {max(offline) if offline else '—'} "
+            f"| {_fmt(_median(results, 'fleetd', n, 'load_cpu_pct'))} / "
+            f"{_fmt(_median(results, 'bare', n, 'load_cpu_pct'))} "
+            f"| {_fmt(_median(results, 'fleetd', n, 'hb_rate'), '.0f')} / "
+            f"{_fmt(_median(results, 'bare', n, 'hb_rate'), '.0f')} ({n / interval:.0f}) "
+            f"| {_fmt(max(lags) if lags else None, '.2f')} "
+            f"| {_fmt(max(gaps) if gaps else None, '.1f')} |"
+        )
+    print(
+        "\nCPU is % of one core for the target's process tree; load gen and heartbeats/s are "
+        "shown as during fleetd / during bare. Max lag: how far the load generator fell behind "
+        "its schedule; max gap: the longest silence of any simulated agent (fleetd marks an "
+        f"agent offline after {HEARTBEAT_TIMEOUT_S:g} s)."
+    )
+
+
+def print_profile(path: Path) -> None:
+    print(f"\ncProfile of fleetd written to {path}; top functions by own time:")
+    pstats.Stats(str(path)).sort_stats("tottime").print_stats(25)
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    ns = [int(x) for x in args.agents.split(",")]
+    kinds = [k for k in ("fleetd", "bare") if k in args.targets.split(",")]
+    results: list[Result] = []
+    profiles: list[Path] = []
+    for rnd in range(args.rounds):
+        for n in ns:
+            for kind in kinds if rnd % 2 == 0 else kinds[::-1]:
+                profile = None
+                if args.profile and kind == "fleetd":
+                    profile = args.profile / f"fleetd-{n}-{rnd}.prof"
+                print(f"round {rnd + 1}/{args.rounds}: {kind} with {n} agents …", flush=True)
+                r = await measure(kind, n, args, profile)
+                results.append(r)
+                print(
+                    f"  registered in {r.register_s:.1f} s; CPU {r.cpu_pct:.1f} %, "
+                    f"RSS {r.rss_mb:.0f} MB, list {r.list_ms:.0f} ms, "
+                    f"{r.hb_rate:.0f} heartbeats/s, load gen CPU {r.load_cpu_pct:.0f} %",
+                    flush=True,
+                )
+                if profile is not None:
+                    profiles.append(profile)
+    report(results, ns, args.interval)
+    for p in profiles:
+        print_profile(p)
+    return 0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(
+        prog="python -m bench.agents", description=__doc__.split("\n")[0] if __doc__ else None
+    )
+    p.add_argument("--agents", default="1000,5000,10000", help="comma-separated agent counts")
+    p.add_argument("--interval", type=float, default=5.0, help="heartbeat interval, seconds")
+    p.add_argument("--duration", type=float, default=60.0, help="CPU measurement window, s")
+    p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
+    p.add_argument("--gpus", type=int, default=8, help="GPUs per simulated agent")
+    p.add_argument("--workers", type=int, default=32, help="load tasks (and connections)")
+    p.add_argument("--targets", default="fleetd,bare", help="which coordinators to run")
+    p.add_argument("--profile", metavar="DIR", help="run fleetd under cProfile, write .prof here")
+    args = p.parse_args()
+    if args.profile:
+        args.profile = Path(args.profile).resolve()
+        args.profile.mkdir(parents=True, exist_ok=True)
+    sys.exit(run(main_async(args)))
+
+
+if __name__ == "__main__":
+    main()
