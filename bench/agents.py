@@ -2,12 +2,13 @@
 
 One process simulates N agents: each registers (name, a URL such as
 ``http://127.0.0.1:9/sim/17``, GPUs) and then heartbeats at the real interval with the body a
-real agent sends, the N schedules spread evenly over the interval. Registration happens on
-each agent's first slot, as when a whole fleet restarts. Once registrations have settled,
-for each target it measures the CPU time of the target's process tree from ``/proc`` over
-``--duration`` seconds, its RSS at the end, the median time of ``GET /api/agents`` and the
-agents the target judged offline although they kept heartbeating. The figure judged is
-fleetd's CPU over the bare coordinator's (``bench/bare_coordinator.py``).
+real agent sends, the N schedules spread evenly over the interval. All N register at once,
+as when a whole fleet restarts, each starting to heartbeat as soon as it is registered. Two
+intervals after the last registration, for each target it measures the CPU time of the
+target's process tree from ``/proc`` over ``--duration`` seconds, its RSS at the end, the
+median time of ``GET /api/agents`` and the agents the target judged offline although they
+kept heartbeating. The figure judged is fleetd's CPU over the bare coordinator's
+(``bench/bare_coordinator.py``).
 
     python -m bench.agents [--agents 1000,5000,10000] [--interval 5] [--duration 60]
 
@@ -91,6 +92,13 @@ def _tree(root: int) -> list[int]:
         pids.extend(p for p, (ppid, _) in stats.items() if ppid == pids[i])
         i += 1
     return [p for p in pids if p in stats]
+
+
+def thread_cpu_s(pid: int) -> float:
+    """CPU seconds of the main thread of ``pid`` alone (its event loop, for an asyncio app)."""
+    with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
 def tree_cpu_s(root: int) -> float:
@@ -251,9 +259,9 @@ class Load:
 
     session: aiohttp.ClientSession
     url: str
-    agents: list[SimAgent]
     interval: float
     registered: int = 0
+    last_registered: float = 0.0
     heartbeats: int = 0
     reregistered: int = 0
     errors: int = 0
@@ -268,7 +276,7 @@ class Load:
             if r.status != 200:
                 raise RuntimeError(f"registration refused: HTTP {r.status}: {body[:200]!r}")
         a.id = msgspec.json.decode(body, type=_Reply).id
-        a.last_ok = asyncio.get_running_loop().time()
+        a.last_ok = self.last_registered = asyncio.get_running_loop().time()
         self.registered += 1
 
     async def beat(self, a: SimAgent) -> None:
@@ -297,24 +305,34 @@ class Load:
         a.last_ok = now
         self.heartbeats += 1
 
+    async def register_all(self, agents: Sequence[SimAgent]) -> None:
+        """Register ``agents`` one after another, as a fleet does when it starts."""
+        for a in agents:
+            await self.register(a)
+
     async def drive(self, agents: Sequence[SimAgent], t0: float) -> None:
-        """Each agent's slot comes once per interval; the first one registers it."""
+        """Each agent's slot comes once per interval, from its registration on; an agent
+        still waiting for its registration skips its slot, so a slow registration burst
+        never delays the heartbeats of agents already registered."""
         loop = asyncio.get_running_loop()
         base = t0
         while True:
             for a in agents:
+                if not a.id:
+                    continue
                 delay = base + a.phase - loop.time()
                 if delay > 0.002:
                     await asyncio.sleep(delay)
                 elif delay < 0:
                     self.max_lag = max(self.max_lag, -delay)
-                await (self.beat(a) if a.id else self.register(a))
+                await self.beat(a)
             base += self.interval
+            await asyncio.sleep(max(0.0, base - loop.time()))
 
     def reset_window(self) -> None:
+        """Lag counts from the measurement window on; gaps count over the whole run, as
+        the target's offline verdicts do."""
         self.max_lag = 0.0
-        for a in self.agents:
-            a.max_gap = 0.0
 
 
 # --- one measurement ---------------------------------------------------------------------
@@ -325,6 +343,7 @@ class Result:
     kind: str
     n: int
     cpu_pct: float
+    loop_cpu_pct: float
     rss_mb: float
     list_ms: float
     offline: int | None
@@ -354,24 +373,28 @@ async def time_list(session: aiohttp.ClientSession, url: str, n: int) -> tuple[f
 async def measure(kind: str, n: int, args: argparse.Namespace, profile: Path | None) -> Result:
     with tempfile.TemporaryDirectory(prefix=f"bench-agents-{kind}-") as tmp:
         target = await start_target(kind, Path(tmp), profile)
-        connector = aiohttp.TCPConnector(limit=args.workers, limit_per_host=0)
+        workers = args.workers or max(32, n // 100)
+        # One connection per registering and per heartbeating task, and spares so that the
+        # timed GET /api/agents never waits for a heartbeat's.
+        connector = aiohttp.TCPConnector(limit=2 * workers + 4, limit_per_host=0)
         try:
             async with aiohttp.ClientSession(connector=connector) as session:
-                return await _drive_and_measure(target, session, n, args)
+                return await _drive_and_measure(target, session, n, workers, args)
         finally:
             await target.stop()
 
 
 async def _drive_and_measure(
-    target: Target, session: aiohttp.ClientSession, n: int, args: argparse.Namespace
+    target: Target, session: aiohttp.ClientSession, n: int, workers: int, args: argparse.Namespace
 ) -> Result:
     interval: float = args.interval
     agents = [SimAgent(i, i * interval / n, args.gpus) for i in range(n)]
-    load = Load(session, target.url, agents, interval)
+    load = Load(session, target.url, interval)
     loop = asyncio.get_running_loop()
-    t0 = loop.time() + 0.5
+    t0 = loop.time()
     drivers = [
-        asyncio.create_task(load.drive(agents[w :: args.workers], t0)) for w in range(args.workers)
+        *(asyncio.create_task(load.register_all(agents[w::workers])) for w in range(workers)),
+        *(asyncio.create_task(load.drive(agents[w::workers], t0)) for w in range(workers)),
     ]
     try:
         while load.registered < n:
@@ -381,13 +404,15 @@ async def _drive_and_measure(
                     # a refused registration ends the run with its reason and the target's log
                     print("\n".join(target.tail), file=sys.stderr)
                     d.result()
-        register_s = loop.time() - t0
+        register_s = load.last_registered - t0
         await asyncio.sleep(2 * interval)  # let the first heartbeats of every agent land
         load.reset_window()
         cpu0 = await asyncio.to_thread(tree_cpu_s, target.proc.pid)
+        loop0 = await asyncio.to_thread(thread_cpu_s, target.proc.pid)
         beats, own0, w0 = load.heartbeats, own_cpu_s(), loop.time()
         await asyncio.sleep(args.duration)
         cpu1 = await asyncio.to_thread(tree_cpu_s, target.proc.pid)
+        loop1 = await asyncio.to_thread(thread_cpu_s, target.proc.pid)
         own1, w1 = own_cpu_s(), loop.time()
         rate = (load.heartbeats - beats) / (w1 - w0)
         rss = await asyncio.to_thread(tree_rss_mb, target.proc.pid)
@@ -406,6 +431,7 @@ async def _drive_and_measure(
         kind=target.kind,
         n=n,
         cpu_pct=100 * (cpu1 - cpu0) / (w1 - w0),
+        loop_cpu_pct=100 * (loop1 - loop0) / (w1 - w0),
         rss_mb=rss,
         list_ms=list_ms,
         offline=(target.offline_events + offline_now) if target.kind == "fleetd" else None,
@@ -430,14 +456,18 @@ def _fmt(v: float | None, spec: str = ".1f") -> str:
 
 
 def report(results: list[Result], ns: list[int], interval: float) -> None:
-    print()
+    def pair(n: int, attr: str, spec: str = ".1f") -> str:
+        fleetd, bare = _median(results, "fleetd", n, attr), _median(results, "bare", n, attr)
+        return f"{_fmt(fleetd, spec)} / {_fmt(bare, spec)}"
+
     print(
-        "| agents | CPU ratio fleetd/bare (goal ≤ 1.5) | fleetd CPU % | bare CPU % "
-        "| fleetd RSS MB (goal ≤ 150 at 5k) | bare RSS MB | GET /api/agents ms fleetd "
-        "(goal ≤ 200 at 5k) | bare ms | misjudged offline (goal 0) "
-        "| load gen CPU % | heartbeats/s (target) | max lag s | max gap s |"
+        "\n| agents | CPU ratio fleetd/bare (goal ≤ 1.5) | CPU % of a core, fleetd / bare "
+        "| of which event-loop thread | RSS MB (goal ≤ 150 at 5k) "
+        "| GET /api/agents ms (goal ≤ 200 at 5k) | misjudged offline (goal 0) "
+        "| registration s | load gen CPU % "
+        "| heartbeats/s (target) | max lag s | max gap s |"
     )
-    print("|" + "---|" * 13)
+    print("|" + "---|" * 12)
     for n in ns:
         f = _median(results, "fleetd", n, "cpu_pct")
         b = _median(results, "bare", n, "cpu_pct")
@@ -446,24 +476,21 @@ def report(results: list[Result], ns: list[int], interval: float) -> None:
         lags = [r.max_lag for r in results if r.n == n]
         gaps = [r.max_gap for r in results if r.n == n]
         print(
-            f"| {n} | {_fmt(ratio, '.2f')}× | {_fmt(f)} | {_fmt(b)} "
-            f"| {_fmt(_median(results, 'fleetd', n, 'rss_mb'))} "
-            f"| {_fmt(_median(results, 'bare', n, 'rss_mb'))} "
-            f"| {_fmt(_median(results, 'fleetd', n, 'list_ms'))} "
-            f"| {_fmt(_median(results, 'bare', n, 'list_ms'))} "
+            f"| {n} | **{_fmt(ratio, '.2f')}×** | {pair(n, 'cpu_pct')} | {pair(n, 'loop_cpu_pct')} "
+            f"| {pair(n, 'rss_mb', '.0f')} | {pair(n, 'list_ms', '.0f')} "
             f"| {max(offline) if offline else '—'} "
-            f"| {_fmt(_median(results, 'fleetd', n, 'load_cpu_pct'))} / "
-            f"{_fmt(_median(results, 'bare', n, 'load_cpu_pct'))} "
-            f"| {_fmt(_median(results, 'fleetd', n, 'hb_rate'), '.0f')} / "
-            f"{_fmt(_median(results, 'bare', n, 'hb_rate'), '.0f')} ({n / interval:.0f}) "
+            f"| {pair(n, 'register_s')} | {pair(n, 'load_cpu_pct', '.0f')} "
+            f"| {pair(n, 'hb_rate', '.0f')} ({n / interval:.0f}) "
             f"| {_fmt(max(lags) if lags else None, '.2f')} "
             f"| {_fmt(max(gaps) if gaps else None, '.1f')} |"
         )
     print(
-        "\nCPU is % of one core for the target's process tree; load gen and heartbeats/s are "
-        "shown as during fleetd / during bare. Max lag: how far the load generator fell behind "
-        "its schedule; max gap: the longest silence of any simulated agent (fleetd marks an "
-        f"agent offline after {HEARTBEAT_TIMEOUT_S:g} s)."
+        "\nPairs read fleetd / bare (medians over rounds). CPU: the target's process tree, "
+        "from /proc, over the window. Misjudged offline: agents fleetd logged or listed as "
+        "offline although the load generator kept them heartbeating. Registration: all N "
+        "agents registering at once. Max lag: how far the load generator fell behind its "
+        "schedule; max gap: the longest silence of any simulated agent in the run (fleetd "
+        f"marks an agent offline after {HEARTBEAT_TIMEOUT_S:g} s)."
     )
 
 
@@ -487,7 +514,8 @@ async def main_async(args: argparse.Namespace) -> int:
                 r = await measure(kind, n, args, profile)
                 results.append(r)
                 print(
-                    f"  registered in {r.register_s:.1f} s; CPU {r.cpu_pct:.1f} %, "
+                    f"  registered in {r.register_s:.1f} s; CPU {r.cpu_pct:.1f} % "
+                    f"({r.loop_cpu_pct:.1f} % in the event-loop thread), "
                     f"RSS {r.rss_mb:.0f} MB, list {r.list_ms:.0f} ms, "
                     f"{r.hb_rate:.0f} heartbeats/s, load gen CPU {r.load_cpu_pct:.0f} %",
                     flush=True,
@@ -509,7 +537,9 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=60.0, help="CPU measurement window, s")
     p.add_argument("--rounds", type=int, default=1, help="interleaved rounds; medians reported")
     p.add_argument("--gpus", type=int, default=8, help="GPUs per simulated agent")
-    p.add_argument("--workers", type=int, default=32, help="load tasks (and connections)")
+    p.add_argument(
+        "--workers", type=int, default=0, help="heartbeat tasks (default: N/100, at least 32)"
+    )
     p.add_argument("--targets", default="fleetd,bare", help="which coordinators to run")
     p.add_argument("--profile", metavar="DIR", help="run fleetd under cProfile, write .prof here")
     args = p.parse_args()

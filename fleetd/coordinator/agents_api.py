@@ -8,7 +8,6 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
-from fleetd.coordinator.metrics import METRICS
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
@@ -67,7 +66,6 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
         raise not_found(
             f"no agent with id {request.match_info['id']!r}; register again", code="unknown_agent"
         )
-    request.app[METRICS].heartbeats.inc()
     return _reply(agent, request.app[SETTINGS].supported_models)
 
 

@@ -19,12 +19,15 @@ class Metrics:
         self.heartbeats = Counter(
             "fleetd_heartbeats_received", "Heartbeats received from agents", registry=r
         )
+        """Brought up to the registry's own count at scrape time, not once per heartbeat."""
+        self._heartbeats_counted = 0
         self.http_requests = Counter(
             "fleetd_http_requests",
             "HTTP requests by route and status",
             ["route", "status"],
             registry=r,
         )
+        self._http_children: dict[tuple[str, int], Counter] = {}
         self.inference_requests = Counter(
             "fleetd_inference_requests",
             "Inference requests by path and outcome",
@@ -43,6 +46,21 @@ class Metrics:
         self.in_flight = Gauge(
             "fleetd_agent_requests_in_flight", "Requests in flight per agent", ["agent"], registry=r
         )
+
+    def count_request(self, route: str, status: int) -> None:
+        """One request in ``http_requests``; each (route, status) child is looked up once,
+        as prometheus_client's ``labels()`` costs more than the increment itself."""
+        child = self._http_children.get((route, status))
+        if child is None:
+            child = self._http_children[(route, status)] = self.http_requests.labels(
+                route, str(status)
+            )
+        child.inc()
+
+    def count_heartbeats(self, total: int) -> None:
+        """Bring ``heartbeats`` up to ``total``, the registry's count since start."""
+        self.heartbeats.inc(total - self._heartbeats_counted)
+        self._heartbeats_counted = total
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
@@ -65,13 +83,16 @@ async def metrics_middleware(request: web.Request, handler: _Handler) -> web.Str
         raise
     finally:
         info = request.match_info.route.resource
-        route = info.canonical if info is not None else "unmatched"
-        request.app[METRICS].http_requests.labels(route, str(status)).inc()
+        request.app[METRICS].count_request(
+            info.canonical if info is not None else "unmatched", status
+        )
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
     m = request.app[METRICS]
-    agents = request.app[REGISTRY].agents.values()
+    registry = request.app[REGISTRY]
+    m.count_heartbeats(registry.heartbeats)
+    agents = registry.agents.values()
     online = sum(1 for a in agents if a.status == "online")
     initializing = sum(1 for a in agents if a.status == "online" and a.initializing)
     m.agents.labels("online").set(online)

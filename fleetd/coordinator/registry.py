@@ -11,6 +11,7 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from datetime import datetime, timezone
 
@@ -33,7 +34,9 @@ class Registry:
         self.agents: dict[str, Agent] = {}
         self._by_url: dict[str, str] = {}
         self._by_instance: dict[str, str] = {}
-        self._seen: dict[str, float] = {}  # agent id -> monotonic time of last contact
+        self._seen: OrderedDict[str, float] = OrderedDict()
+        """Online agent id -> monotonic time of its last contact, oldest contact first, so the
+        sweep reads only the agents that expired instead of scanning the fleet."""
         self._dirty: set[str] = set()
         self.on_online: list[Listener] = []
         """Called when an agent registers or comes back from offline."""
@@ -48,8 +51,9 @@ class Registry:
         now = time.monotonic()
         for a in await self.store.load_agents():
             self._index(a)
-            # A restart is not the agents' fault: give each a full timeout to check in.
-            self._seen[a.id] = now
+            if a.status == "online":
+                # A restart is not the agents' fault: give each a full timeout to check in.
+                self._seen[a.id] = now
         log.info("loaded %d agent(s) from the store", len(self.agents))
 
     def _index(self, a: Agent) -> None:
@@ -112,7 +116,7 @@ class Registry:
             a.initializing = True
             a.total_models = total_models
         self._index(a)
-        self._seen[a.id] = time.monotonic()
+        self._contact(a.id)
         await self.store.save_agents([a])
         self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
@@ -128,7 +132,7 @@ class Registry:
         if a is None:
             return None
         self.heartbeats += 1
-        self._seen[agent_id] = time.monotonic()
+        self._contact(agent_id)
         came_back = a.status == "offline"
         persist = (
             came_back
@@ -157,16 +161,26 @@ class Registry:
             self._notify(self.on_online, a)
         return a
 
+    def _contact(self, agent_id: str) -> None:
+        self._seen[agent_id] = time.monotonic()
+        self._seen.move_to_end(agent_id)
+
     def touch(self, agent_id: str) -> None:
-        """Any authenticated contact from the agent proves it is alive."""
+        """Any authenticated contact from an online agent proves it is still alive (an
+        offline one comes back with its next heartbeat)."""
         if agent_id in self._seen:
-            self._seen[agent_id] = time.monotonic()
+            self._contact(agent_id)
 
     def sweep(self) -> None:
+        """Agents silent for longer than the timeout go offline; O(agents expired)."""
         deadline = time.monotonic() - self.timeout
-        for agent_id, seen in self._seen.items():
-            a = self.agents[agent_id]
-            if a.status == "online" and seen < deadline:
+        while self._seen:
+            agent_id = next(iter(self._seen))
+            if self._seen[agent_id] >= deadline:
+                break
+            del self._seen[agent_id]
+            a = self.agents.get(agent_id)
+            if a is not None and a.status == "online":
                 a.status = "offline"
                 log.warning(
                     "agent %s (%s) offline: silent for more than %gs", a.name, a.id, self.timeout
