@@ -57,7 +57,6 @@ MODELS_TIMEOUT = aiohttp.ClientTimeout(total=2.5, connect=2)
 RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 ORPHAN_S = 3.0
 """A created task not dispatched within this time is ordered by the background loop."""
-AS_OF_KEY = "installed_as_of"
 
 MatrixState = Literal["installed", "downloading", "queued", "failed", "missing"]
 
@@ -98,9 +97,7 @@ class Distribution:
             self.tasks[t.id] = t
         for agent_id, models in (await self.store.load_installed()).items():
             self.installed[agent_id] = {m.name: m for m in models}
-        raw = await self.store.get_kv(AS_OF_KEY)
-        if raw:
-            self.as_of = msgspec.json.decode(raw, type=dict[str, datetime])
+        self.as_of = await self.store.load_installed_as_of()
         active = [t for t in self.tasks.values() if t.status not in TERMINAL]
         for t in active:
             agent = self.registry.get(t.agent_id)
@@ -297,10 +294,10 @@ class Distribution:
             by_name[m.name] = m
         old = self.installed.get(agent_id)
         self.installed[agent_id] = by_name
-        self.as_of[agent_id] = utcnow()
+        as_of = self.as_of[agent_id] = utcnow()
         if old is None or msgspec.json.encode(old) != msgspec.json.encode(by_name):
             await self.store.replace_installed(agent_id, by_name.values())
-        await self.store.set_kv(AS_OF_KEY, msgspec.json.encode(self.as_of))
+        await self.store.save_installed_as_of(agent_id, as_of)
 
     def is_installed(self, agent_id: str, model: str) -> bool:
         return model in self.installed.get(agent_id, {})

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -82,6 +83,35 @@ class _Retry(Exception):
         self.reply = reply
 
 
+class _Flight:
+    """One attempt in progress on an agent, so that it can be ended if the agent goes offline
+    while it waits: a hung agent must not hold its clients until they give up."""
+
+    __slots__ = ("aborted", "task", "upstream")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.upstream: aiohttp.ClientResponse | None = None
+        self.aborted = False
+
+    def abort(self, why: str) -> None:
+        if self.upstream is None:
+            # Still waiting for the reply's head: nothing has reached the client, so the
+            # attempt ends as a failure to retry on another agent.
+            if self.task is not None and not self.aborted:
+                self.aborted = True
+                self.task.cancel()
+        elif not self.upstream.content.is_eof():
+            # Mid-reply: the relay sees a broken upstream and tells the client so.
+            self.upstream.content.set_exception(aiohttp.ClientConnectionError(why))
+
+
+def _uncancel(task: asyncio.Task[object] | None) -> None:
+    """Undo our own ``cancel()`` once handled, so later timeouts in the task still work."""
+    if task is not None and sys.version_info >= (3, 11):
+        task.uncancel()
+
+
 class Gateway:
     """Candidate pools, in-flight counts, suspects and the wait queue of one coordinator."""
 
@@ -114,7 +144,9 @@ class Gateway:
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._gauged: set[str] = set()
+        self._flights: dict[str, set[_Flight]] = {}
         registry.on_change.append(self.agent_changed)
+        registry.on_offline.append(self.agent_offline)
 
     # -- pools, kept from registry events -------------------------------------------------
 
@@ -183,6 +215,20 @@ class Gateway:
             pool.update(a.id, load)
         if joined and self._waiters:
             self._wake()
+
+    def agent_offline(self, a: Agent) -> None:
+        """Registry listener: end the requests still waiting on an agent that fell silent."""
+        flights = self._flights.get(a.id)
+        if flights:
+            log.warning(
+                "agent %s (%s) offline: ending %d request(s) in flight on it",
+                a.name,
+                a.id,
+                len(flights),
+            )
+            why = f"agent {a.name} ({a.id}) went offline"
+            for flight in list(flights):
+                flight.abort(why)
 
     def _leave(self, agent_id: str) -> None:
         for pool in self._member.pop(agent_id, ()):
@@ -359,6 +405,9 @@ class Gateway:
         """One try on ``agent_id`` (whose in-flight count is already raised); ends it."""
         path = request.path
         outcome = proxy.CLIENT_GONE
+        flight = _Flight(asyncio.current_task())
+        flights = self._flights.setdefault(agent_id, set())
+        flights.add(flight)
         try:
             a = self.registry.agents[agent_id]
             what = f"agent {a.name} ({a.id})"
@@ -372,6 +421,12 @@ class Gateway:
                 )
             except proxy.UPSTREAM_ERRORS as e:
                 raise _Retry(f"{what} unreachable: {e or type(e).__name__}") from None
+            except asyncio.CancelledError:
+                if not flight.aborted:
+                    raise
+                _uncancel(flight.task)
+                raise _Retry(f"{what} went offline before answering") from None
+            flight.upstream = upstream
             try:
                 if upstream.status >= 500:
                     reply = await _reply(upstream)
@@ -391,6 +446,9 @@ class Gateway:
             self._count(path, proxy.BROKEN)
             raise
         finally:
+            flights.discard(flight)
+            if not flights and self._flights.get(agent_id) is flights:
+                del self._flights[agent_id]
             self._end(agent_id)
         if outcome == proxy.OK and resp.status >= 400:
             outcome = str(resp.status)

@@ -15,6 +15,7 @@ import sqlite3
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -56,6 +57,18 @@ MIGRATIONS: list[str] = [
         value BLOB NOT NULL
     );
     """,
+    # 2: when each agent's installed models were last read, one row per agent (a single kv
+    # value for the whole fleet cost O(agents) to rewrite on every registration)
+    """
+    CREATE TABLE installed_as_of (
+        agent_id TEXT PRIMARY KEY,
+        as_of TEXT NOT NULL
+    );
+    INSERT INTO installed_as_of(agent_id, as_of)
+        SELECT j.key, j.value FROM kv, json_each(CAST(kv.value AS TEXT)) AS j
+        WHERE kv.key = 'installed_as_of';
+    DELETE FROM kv WHERE key = 'installed_as_of'
+    """,
 ]
 
 
@@ -68,6 +81,8 @@ class Store(Protocol):
     async def save_tasks(self, tasks: Iterable[Task]) -> None: ...
     async def load_installed(self) -> dict[str, list[InstalledModel]]: ...
     async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None: ...
+    async def load_installed_as_of(self) -> dict[str, datetime]: ...
+    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None: ...
     async def get_kv(self, key: str) -> bytes | None: ...
     async def set_kv(self, key: str, value: bytes) -> None: ...
     async def close(self) -> None: ...
@@ -222,6 +237,19 @@ class SqliteStore:
             c.executemany("INSERT INTO installed(agent_id, model, data) VALUES (?,?,?)", rows)
 
         await self._submit(write)
+
+    async def load_installed_as_of(self) -> dict[str, datetime]:
+        rows = await self._submit(
+            lambda c: c.execute("SELECT agent_id, as_of FROM installed_as_of").fetchall()
+        )
+        return {agent_id: msgspec.convert(as_of, datetime) for agent_id, as_of in rows}
+
+    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None:
+        text = msgspec.json.encode(as_of)[1:-1].decode()  # RFC 3339, as the API shows it
+        await self._write(
+            "INSERT OR REPLACE INTO installed_as_of(agent_id, as_of) VALUES (?,?)",
+            [(agent_id, text)],
+        )
 
     async def get_kv(self, key: str) -> bytes | None:
         row = await self._submit(

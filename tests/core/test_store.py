@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,38 @@ async def test_replace_installed_replaces(tmp_path: Path) -> None:
     await s.replace_installed("a", [InstalledModel(name="x:1", size=1)])
     await s.replace_installed("a", [InstalledModel(name="y:1", size=2)])
     assert [m.name for m in (await s.load_installed())["a"]] == ["y:1"]
+    await s.close()
+
+
+async def test_installed_as_of_is_kept_per_agent(tmp_path: Path) -> None:
+    s = await open_store(tmp_path)
+    first = datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=timezone.utc)
+    later = datetime(2026, 11, 25, 9, 5, tzinfo=timezone.utc)
+    await s.save_installed_as_of("a", first)
+    await s.save_installed_as_of("b", first)
+    await s.save_installed_as_of("b", later)
+    await s.close()
+    s = await open_store(tmp_path)
+    assert await s.load_installed_as_of() == {"a": first, "b": later}
+    await s.close()
+
+
+async def test_schema_1_fleet_wide_as_of_moves_to_one_row_per_agent(tmp_path: Path) -> None:
+    conn = sqlite3.connect(tmp_path / "fleetd.db")
+    conn.executescript(MIGRATIONS[0])
+    conn.execute(
+        "INSERT INTO kv(key, value) VALUES ('installed_as_of', ?)",
+        (b'{"a":"2026-11-24T08:00:00Z","b":"2026-11-24T08:00:01.5Z"}',),
+    )
+    conn.execute("PRAGMA user_version=1")
+    conn.commit()
+    conn.close()
+    s = await open_store(tmp_path)
+    assert await s.load_installed_as_of() == {
+        "a": datetime(2026, 11, 24, 8, 0, 0, tzinfo=timezone.utc),
+        "b": datetime(2026, 11, 24, 8, 0, 1, 500000, tzinfo=timezone.utc),
+    }
+    assert await s.get_kv("installed_as_of") is None
     await s.close()
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -204,3 +206,41 @@ def test_ollama_busy_is_503_with_retry_after(fleet: Fleet) -> None:
             assert "server busy" in err["message"]
         else:
             assert "server busy" in err
+
+
+def test_requests_on_a_hung_agent_move_on_when_it_goes_offline(fleet: Fleet) -> None:
+    """A stopped agent accepts connections but never answers: once it is judged offline, the
+    requests waiting on it go to the healthy agent and a stream it was serving ends with an
+    error event, instead of every client hanging until it gives up."""
+    setup = start(
+        fleet, 2, balancer="round-robin", heartbeat_timeout_s=2, sim_args=("--token-delay-ms", "50")
+    )
+    coord, hung = setup.coordinator, setup.agents[0]
+    url = coord.url
+    body = {"model": CHAT, "messages": MESSAGES, "stream": True}
+    with httpx.Client(timeout=30) as c, ThreadPoolExecutor(6) as pool:
+        # Two streams, one on each agent (round-robin), the first chunk of each already read.
+        streams = [c.stream("POST", url + "/v1/chat/completions", json=body) for _ in range(2)]
+        replies = [s.__enter__() for s in streams]
+        chunks = [r.iter_lines() for r in replies]
+        for it in chunks:
+            assert next(it).startswith("data: ")
+        os.killpg(hung.popen.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            waiting = [pool.submit(chat, url, c) for _ in range(4)]  # some land on the hung one
+            tails = [pool.submit(lambda it=it: "\n".join(it)) for it in chunks]
+            codes = [f.result().status_code for f in waiting]
+            ends = sorted(f.result() for f in tails)
+            took = time.monotonic() - started
+        finally:
+            os.killpg(hung.popen.pid, signal.SIGCONT)
+            for s in streams:
+                s.__exit__(None, None, None)
+    assert codes == [200] * 4
+    assert took < 15, f"requests were held {took:.1f}s by the hung agent"
+    broken = [e for e in ends if "went offline" in e]
+    assert len(broken) == 1 and '"upstream_failed"' in broken[0], ends
+    assert any(e.rstrip().endswith("data: [DONE]") for e in ends), ends
+    assert "ending" in coord.log and "in flight on it" in coord.log
+    assert "Traceback" not in coord.log

@@ -25,7 +25,7 @@ from tests.procs import wait_until
 
 
 def gateway(**settings: Any) -> tuple[Gateway, Metrics]:
-    registry = SimpleNamespace(agents={}, on_change=[])
+    registry = SimpleNamespace(agents={}, on_change=[], on_offline=[])
     metrics = Metrics()
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
     config = CoordinatorConfig(supported_models=[CHAT], **settings)
