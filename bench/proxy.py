@@ -9,11 +9,13 @@ Targets, all in front of one ``fleetd sim-ollama`` with zero simulated latency:
 - ``fleetd-native`` and ``direct-native``: Ollama's ``/api/chat`` through fleetd and direct;
 - ``litellm``: LiteLLM's proxy, one hop, when ``litellm`` is importable (else skipped).
 
-For each: non-streaming chat latency at concurrency 1 (p50), throughput and p99 at 16 and 64,
-and streaming time to first chunk at concurrency 1. Targets run in interleaved rounds and
-each figure is the median over rounds; overheads are taken against the same round's direct.
+For each: non-streaming chat latency at concurrency 1 (p50), throughput and p99 at 16 and 64
+(each over a fixed window after a warm-up at that concurrency, so that every target is timed
+as long, the slowest included), and streaming time to first chunk at concurrency 1. Targets
+run in interleaved rounds and each figure is the median over rounds; overheads are taken
+against the same round's direct.
 
-    python -m bench.proxy [--rounds 5] [--requests 200]
+    python -m bench.proxy [--rounds 5] [--requests 200] [--seconds 3]
 """
 
 from __future__ import annotations
@@ -201,23 +203,23 @@ async def sequential(fn: Callable[[], Awaitable[float]], n: int) -> list[float]:
 
 
 async def concurrent(
-    session: aiohttp.ClientSession, url: str, data: bytes, c: int, n: int
+    session: aiohttp.ClientSession, url: str, data: bytes, c: int, seconds: float
 ) -> tuple[float, float]:
-    """Requests per second and p99 latency (ms) with ``c`` workers sharing ``n`` requests."""
-    left = n
+    """Requests per second and p99 latency (ms) of ``c`` workers sending requests back to back
+    for ``seconds``, after each has sent two untimed ones (connections opened on every hop)."""
+    await asyncio.gather(*(sequential(lambda: one(session, url, data), 2) for _ in range(c)))
     latencies: list[float] = []
+    started = time.perf_counter()
+    deadline = started + seconds
 
     async def worker() -> None:
-        nonlocal left
-        while left > 0:
-            left -= 1
+        while time.perf_counter() < deadline:
             latencies.append(await one(session, url, data))
 
-    started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(c)))
     elapsed = time.perf_counter() - started
     latencies.sort()
-    return n / elapsed, 1000 * latencies[int(0.99 * (len(latencies) - 1))]
+    return len(latencies) / elapsed, 1000 * latencies[int(0.99 * (len(latencies) - 1))]
 
 
 @dataclass
@@ -234,14 +236,14 @@ class Target:
 Figures = dict[str, float]
 
 
-async def measure(session: aiohttp.ClientSession, t: Target, n: int) -> Figures:
+async def measure(session: aiohttp.ClientSession, t: Target, n: int, seconds: float) -> Figures:
     plain, streamed = body(False), body(True)
     await sequential(lambda: one(session, t.endpoint, plain), 20)  # warm the connections
     lat = await sequential(lambda: one(session, t.endpoint, plain), n)
     ttfc = await sequential(lambda: first_chunk(session, t.endpoint, streamed), n // 2)
     out = {"p50": 1000 * statistics.median(lat), "ttfc": 1000 * statistics.median(ttfc)}
     for c in CONCURRENCY:
-        rps, p99 = await concurrent(session, t.endpoint, plain, c, n * c // 4)
+        rps, p99 = await concurrent(session, t.endpoint, plain, c, seconds)
         out[f"rps{c}"], out[f"p99_{c}"] = rps, p99
     return out
 
@@ -356,7 +358,7 @@ async def main_async(args: argparse.Namespace) -> int:
                 order = [targets[0], *targets[1:], targets[0]]
                 got: dict[str, list[Figures]] = defaultdict(list)
                 for t in order:
-                    got[t.name].append(await measure(session, t, args.requests))
+                    got[t.name].append(await measure(session, t, args.requests, args.seconds))
                     print(f"round {i + 1}/{args.rounds}: {t.name} done", flush=True)
                 rounds.append(
                     {
@@ -376,6 +378,9 @@ def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.proxy", description=__doc__)
     p.add_argument("--rounds", type=int, default=5, help="interleaved rounds; medians reported")
     p.add_argument("--requests", type=int, default=200, help="sequential requests per figure")
+    p.add_argument(
+        "--seconds", type=float, default=3.0, help="throughput window per concurrency level"
+    )
     sys.exit(run(main_async(p.parse_args())))
 
 
