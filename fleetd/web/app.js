@@ -5,6 +5,10 @@
 
 // ---------------------------------------------------------------- state
 
+// Lists show PAGE_ROWS rows at a time: laying out a table of thousands of rows blocks the page
+// for seconds (3,000 agents: one frame every 2 s), and live events redraw it every second.
+const PAGE_ROWS = 200;
+
 const S = {
   agents: new Map(), // id -> agent, as GET /api/agents/{id} returns it
   tasks: new Map(), // id -> task, as GET /api/tasks/{id} returns it
@@ -17,6 +21,7 @@ const S = {
   matrix: null, // GET /api/models/matrix
   matrixError: "",
   matrixStale: true,
+  matrixCols: PAGE_ROWS, // agents shown as matrix columns
   installed: new Map(), // agent id -> GET /api/agents/{id}/models, or {error}
   installedStale: new Set(),
   es: null,
@@ -347,11 +352,11 @@ function connectEvents() {
   });
   es.addEventListener("agent", (e) => {
     upsertAgent(JSON.parse(e.data));
-    render();
+    renderLive();
   });
   es.addEventListener("task", (e) => {
     upsertTask(JSON.parse(e.data));
-    render();
+    renderLive();
   });
   es.addEventListener("error", () => {
     setLive("off");
@@ -459,14 +464,30 @@ let current = null; // {key, update}
 let renderQueued = false;
 const liveWidgets = new Set(); // extra renderers outside the view (the distribute dialog)
 
+let lastRender = 0;
+let liveTimer = null;
+
 function render() {
   if (renderQueued) return;
   renderQueued = true;
   requestAnimationFrame(() => {
     renderQueued = false;
+    lastRender = performance.now();
     if (current) current.update();
     for (const fn of liveWidgets) fn();
   });
+}
+
+// Every heartbeat of every agent is an SSE event: 1,000 a second with 5,000 agents. Views are
+// rebuilt whole, so live updates are paced (a large fleet is redrawn once a second) while
+// what the user does still renders at once.
+function renderLive() {
+  if (liveTimer !== null) return;
+  const gap = S.agents.size > 500 ? 1000 : 250;
+  liveTimer = setTimeout(() => {
+    liveTimer = null;
+    render();
+  }, Math.max(0, lastRender + gap - performance.now()));
 }
 
 function parseRoute() {
@@ -491,6 +512,16 @@ function mountRoute() {
   current = { key, update: mount(root, arg) };
   current.update();
   window.scrollTo(0, 0);
+}
+
+function moreRows(shown, total, onMore) {
+  if (shown >= total) return null;
+  return h(
+    "div",
+    { class: "more-rows" },
+    h("span", { class: "muted" }, `Showing ${shown} of ${total}.`),
+    h("button", { type: "button", class: "ghost", onclick: onMore }, `Show ${Math.min(PAGE_ROWS, total - shown)} more`),
+  );
 }
 
 function pageHead(title, ...extra) {
@@ -560,8 +591,18 @@ function sortedAgents() {
 
 function agentsView(root) {
   const stats = h("div", { class: "stats" });
+  let limit = PAGE_ROWS;
+  const search = h("input", {
+    type: "search",
+    placeholder: "Filter by name, URL or status",
+    "aria-label": "Filter agents",
+    oninput: () => {
+      limit = PAGE_ROWS;
+      render();
+    },
+  });
   const body = h("div", { class: "card flush" });
-  root.append(pageHead("Agents", stats), body);
+  root.append(pageHead("Agents", h("div", { class: "toolbar" }, stats, search)), body);
   document.title = "Agents · fleetd";
   return () => {
     const agents = sortedAgents();
@@ -588,10 +629,21 @@ function agentsView(root) {
             h("pre", null, `FLEETD_AGENT_TOKEN=… fleetd --role agent --coordinator ${location.origin}`),
           );
         }
-        return table(
+        const q = search.value.trim().toLowerCase();
+        const shown = q
+          ? agents.filter(
+              (a) =>
+                a.name.toLowerCase().includes(q) ||
+                a.url.toLowerCase().includes(q) ||
+                a.id.startsWith(q) ||
+                agentState(a).startsWith(q),
+            )
+          : agents;
+        if (!shown.length) return h("p", { class: "empty" }, `No agent matches “${search.value.trim()}”.`);
+        const rows = table(
           "agents",
           ["Name", "URL", "Status", "GPUs", "Ready", "Load", "Last seen"],
-          agents.map((a) =>
+          shown.slice(0, limit).map((a) =>
             h(
               "tr",
               { "data-agent": a.id },
@@ -616,6 +668,11 @@ function agentsView(root) {
             ),
           ),
         );
+        const more = moreRows(Math.min(limit, shown.length), shown.length, () => {
+          limit += PAGE_ROWS;
+          render();
+        });
+        return more ? h("div", null, rows, more) : rows;
       }),
     );
   };
@@ -864,11 +921,15 @@ function taskTable(tasks, { agent = true, empty = "No downloads." } = {}) {
 
 function tasksView(root, filter) {
   const chips = h("div", { class: "chips", role: "tablist" });
+  let limit = PAGE_ROWS;
   const search = h("input", {
     type: "search",
     placeholder: "Filter by model or agent",
     "aria-label": "Filter by model or agent",
-    oninput: render,
+    oninput: () => {
+      limit = PAGE_ROWS;
+      render();
+    },
   });
   const body = h("div", { class: "card flush" });
   root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), body);
@@ -891,9 +952,16 @@ function tasksView(root, filter) {
           (t.agent_name || agentName(t.agent_id)).toLowerCase().includes(q)),
     );
     body.replaceChildren(
-      loadingOr(() =>
-        taskTable(sortTasks(shown), { empty: status ? `No ${status} downloads.` : "No downloads yet." }),
-      ),
+      loadingOr(() => {
+        const rows = taskTable(sortTasks(shown).slice(0, limit), {
+          empty: status ? `No ${status} downloads.` : "No downloads yet.",
+        });
+        const more = moreRows(Math.min(limit, shown.length), shown.length, () => {
+          limit += PAGE_ROWS;
+          render();
+        });
+        return more ? h("div", null, rows, more) : rows;
+      }),
     );
   };
 }
@@ -1115,10 +1183,11 @@ function matrixTable(q) {
   if (S.matrixError && !S.matrix) return notice("error", `Cannot load the matrix: ${S.matrixError}`);
   if (!S.matrix) return h("p", { class: "empty" }, "Loading…");
   const supported = supportedSet();
-  const agents = [...(S.matrix.agents || [])].sort((x, y) => x.name.localeCompare(y.name));
+  const all = [...(S.matrix.agents || [])].sort((x, y) => x.name.localeCompare(y.name));
+  const agents = all.slice(0, S.matrixCols); // columns, paged as lists' rows are
   const models = (S.matrix.models || []).filter((m) => !q || m.toLowerCase().includes(q));
   models.sort((x, y) => Number(supported.has(y)) - Number(supported.has(x)) || x.localeCompare(y));
-  if (!agents.length) return h("p", { class: "empty" }, "No agents yet.");
+  if (!all.length) return h("p", { class: "empty" }, "No agents yet.");
   const live = new Map();
   for (const t of S.tasks.values()) {
     if (t.status === "downloading") live.set(`${t.agent_id}|${t.model}`, t);
@@ -1182,6 +1251,10 @@ function matrixTable(q) {
       { class: "table-wrap" },
       h("table", { class: "matrix" }, h("thead", null, head), h("tbody", null, rows)),
     ),
+    moreRows(agents.length, all.length, () => {
+      S.matrixCols += PAGE_ROWS;
+      render();
+    }),
     h(
       "p",
       { class: "foot muted legend" },

@@ -11,7 +11,7 @@ import httpx
 from playwright.sync_api import expect
 
 from tests.conftest import Fleet
-from tests.procs import ADMIN_TOKEN, Proc, admin, wait_until
+from tests.procs import ADMIN_TOKEN, AGENT_TOKEN, SIM_GPU, Proc, admin, wait_until
 from tests.web.conftest import Library, Ui, closed_port_url
 
 SUPPORTED = "qwen2.5:0.5b"
@@ -334,3 +334,41 @@ def test_narrow_window_needs_no_sideways_scrolling(fleet: Fleet, narrow_ui: Ui) 
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
         assert overflow <= 0, f"{view} is {overflow}px wider than a 400px window"
     narrow_ui.assert_no_console_errors()
+
+
+def test_a_large_fleet_is_listed_a_page_at_a_time_and_filtered(fleet: Fleet, ui: Ui) -> None:
+    """Hundreds of agents: the list shows 200 rows and a button for more (laying out thousands
+    of rows froze the page for seconds), and the filter finds any agent, shown or not."""
+    coord = fleet.coordinator(supported_models=[SUPPORTED], library_url=closed_port_url())
+    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    with httpx.Client(base_url=coord.url, headers=headers, timeout=10) as c:
+        for i in range(450):
+            body = {"name": f"node-{i:03d}", "url": f"http://10.0.{i // 250}.{i % 250}:11435",
+                    "gpus": [SIM_GPU]}  # fmt: skip
+            assert c.post("/api/agents", json=body).status_code == 200
+    ui.login(coord.url, ADMIN_TOKEN)
+    page = ui.page
+    rows = page.locator("table.agents tbody tr")
+    agent_row(ui, "node-000").wait_for()
+    assert rows.count() == 200
+    expect(page.locator(".more-rows")).to_contain_text("Showing 200 of 450.")
+    page.get_by_role("button", name="Show 200 more").click()
+    expect(rows).to_have_count(400)
+    page.get_by_role("button", name="Show 50 more").click()
+    expect(rows).to_have_count(450)
+    expect(page.locator(".more-rows")).to_have_count(0)
+
+    search = page.get_by_label("Filter agents")
+    search.fill("node-44")  # node-440 … node-449, all beyond the first page
+    expect(rows).to_have_count(10)
+    assert rows.first.inner_text().startswith("node-440")
+    search.fill("no-such-agent")
+    expect(page.get_by_text("No agent matches “no-such-agent”.")).to_be_visible()
+
+    # The models × agents matrix pages its agent columns the same way.
+    page.goto(coord.url + "/#/models/matrix")
+    cols = page.locator("table.matrix thead th.agent-col")
+    expect(cols).to_have_count(200)
+    page.get_by_role("button", name="Show 200 more").click()
+    expect(cols).to_have_count(400)
+    ui.assert_no_console_errors()
