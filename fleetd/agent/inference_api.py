@@ -24,9 +24,8 @@ from aiohttp import web
 from fleetd.agent.runtime import RUNTIME, Runtime
 from fleetd.core import proxy
 from fleetd.core.background import background
-from fleetd.core.errors import ApiError, bad_request, not_found
-from fleetd.core.http import CLIENT, json_response
-from fleetd.core.names import InvalidModelName, normalize
+from fleetd.core.errors import ApiError, not_found
+from fleetd.core.http import CLIENT, Head, decode_head, json_response, request_model
 from fleetd.core.ollama import Ollama, OllamaError
 
 log = logging.getLogger("fleetd.agent.inference")
@@ -40,16 +39,11 @@ STARTING_RETRY_AFTER_S = 5
 _STARTED = int(time.time())
 
 
-class _Head(msgspec.Struct):
-    model: str = ""
-    name: str = ""  # /api/show's older spelling of ``model``
-
-
-class _NativeHead(_Head):
+class _NativeHead(Head):
     keep_alive: float | str | msgspec.UnsetType | None = msgspec.UNSET
 
 
-_head = msgspec.json.Decoder(_Head)
+_head = msgspec.json.Decoder(Head)
 _native_head = msgspec.json.Decoder(_NativeHead)
 
 
@@ -117,38 +111,6 @@ class Upstreams:
 UPSTREAMS = web.AppKey("upstreams", Upstreams)
 
 
-def _decode(decoder: msgspec.json.Decoder[Any], body: bytes) -> Any:
-    if not body:
-        raise bad_request("request body is empty; expected a JSON object")
-    try:
-        return decoder.decode(body)
-    except msgspec.ValidationError as e:
-        raise bad_request(f"invalid request body: {e}") from None
-    except msgspec.DecodeError as e:
-        raise bad_request(f"malformed JSON: {e}") from None
-
-
-_names: dict[str, str] = {}
-_NAMES_MAX = 4096
-
-
-def _model(head: _Head) -> str:
-    """The normalized model name; names seen before skip the regular expression."""
-    raw = head.model or head.name
-    name = _names.get(raw)
-    if name is not None:
-        return name
-    if not raw:
-        raise bad_request("model is required", param="model")
-    try:
-        name = normalize(raw)
-    except InvalidModelName:
-        raise bad_request(f"invalid model name {raw!r}", param="model") from None
-    if len(_names) < _NAMES_MAX:
-        _names[raw] = name
-    return name
-
-
 def _resident_forever(body: bytes) -> bytes:
     """The body with ``keep_alive: -1``: the only re-encoding on the agent's hot path."""
     obj = msgspec.json.decode(body)
@@ -201,7 +163,8 @@ async def _forward(request: web.Request, body: bytes, servers: list[Server]) -> 
 async def infer_openai(request: web.Request) -> web.StreamResponse:
     """``/v1/*``: these requests cannot carry keep_alive, so residency is ensured first."""
     body = await request.read()
-    model = _model(_decode(_head, body))
+    head = decode_head(_head, body)
+    model = request_model(head.model or head.name)
     rt = request.app[RUNTIME]
     ups = request.app[UPSTREAMS]
     if model in rt.supported_models and model not in rt.readiness.loaded:
@@ -212,8 +175,8 @@ async def infer_openai(request: web.Request) -> web.StreamResponse:
 async def infer_native(request: web.Request) -> web.StreamResponse:
     """Native inference: as ``/v1``, plus keep_alive -1 for supported models."""
     body = await request.read()
-    head: _NativeHead = _decode(_native_head, body)
-    model = _model(head)
+    head = decode_head(_native_head, body)
+    model = request_model(head.model or head.name)
     rt = request.app[RUNTIME]
     ups = request.app[UPSTREAMS]
     if model in rt.supported_models:
@@ -226,7 +189,8 @@ async def infer_native(request: web.Request) -> web.StreamResponse:
 
 async def show_model(request: web.Request) -> web.StreamResponse:
     body = await request.read()
-    model = _model(_decode(_head, body))
+    head = decode_head(_head, body)
+    model = request_model(head.model or head.name)
     return await _forward(request, body, request.app[UPSTREAMS].for_model(model))
 
 

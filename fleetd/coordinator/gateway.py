@@ -31,9 +31,8 @@ from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core import proxy
 from fleetd.core.balancing import Balancer, Load
-from fleetd.core.errors import ApiError, bad_request, not_found
-from fleetd.core.http import CLIENT
-from fleetd.core.names import InvalidModelName, normalize
+from fleetd.core.errors import ApiError, not_found
+from fleetd.core.http import CLIENT, Head, decode_head, request_model
 from fleetd.core.wire import Agent
 
 log = logging.getLogger("fleetd.gateway")
@@ -41,18 +40,10 @@ log = logging.getLogger("fleetd.gateway")
 RETRY_AFTER_S = 5
 """What a 503 ``models_starting`` tells clients to wait before trying again."""
 
-_NAME_CACHE_MAX = 4096
 _EMPTY: frozenset[str] = frozenset()
 
 
-class _Head(msgspec.Struct):
-    """The only fields the coordinator reads from a body it forwards."""
-
-    model: str = ""
-    name: str = ""  # /api/show's older spelling of ``model``
-
-
-_head = msgspec.json.Decoder(_Head)
+_head = msgspec.json.Decoder(Head)
 
 
 def unknown_model(model: str) -> ApiError:
@@ -138,7 +129,6 @@ class Gateway:
         self._member: dict[str, list[Balancer]] = {}
         self._extra: dict[str, frozenset[str]] = {}
         self._holders: dict[str, int] = {}
-        self._names: dict[str, str] = {}
         self._waiters: deque[tuple[str, asyncio.Future[str]]] = deque()
         self.metrics = metrics
         self._requests: dict[tuple[str, str], Counter] = {}
@@ -332,26 +322,8 @@ class Gateway:
 
     def model_of(self, body: bytes) -> str:
         """The normalized model a request body names; 400 for a bad body or name."""
-        if not body:
-            raise bad_request("request body is empty; expected a JSON object")
-        try:
-            head = _head.decode(body)
-        except msgspec.ValidationError as e:
-            raise bad_request(f"invalid request body: {e}") from None
-        except msgspec.DecodeError as e:
-            raise bad_request(f"malformed JSON: {e}") from None
-        raw = head.model or head.name
-        if not raw:
-            raise bad_request("model is required", param="model")
-        name = self._names.get(raw)
-        if name is None:
-            try:
-                name = normalize(raw)
-            except InvalidModelName:
-                raise bad_request(f"invalid model name {raw!r}", param="model") from None
-            if len(self._names) < _NAME_CACHE_MAX:
-                self._names[raw] = name
-        return name
+        head = decode_head(_head, body)
+        return request_model(head.model or head.name)
 
     def _count(self, path: str, outcome: str) -> None:
         c = self._requests.get((path, outcome))

@@ -23,9 +23,8 @@ from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
-from fleetd.core.errors import ApiError, bad_request, not_found
-from fleetd.core.http import CLIENT, encode, json_response, read_json
-from fleetd.core.names import InvalidModelName, normalize
+from fleetd.core.errors import ApiError, not_found
+from fleetd.core.http import CLIENT, encode, json_response, read_json, request_model
 from fleetd.core.ollama import error_message
 from fleetd.core.wire import TERMINAL, Agent, Task
 
@@ -228,13 +227,7 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     """
     require_admin(request)
     req = await read_json(request, _PullRequest, model_first=True)
-    raw = req.model or req.name
-    if not raw:
-        raise bad_request("model is required", param="model")
-    try:
-        model = normalize(raw)
-    except InvalidModelName:
-        raise bad_request(f"invalid model name {raw!r}", param="model") from None
+    model = request_model(req.model or req.name)
     online = request.app[REGISTRY].online()
     if not online:
         raise ApiError(409, "no_agents", "no agent is online to pull to")

@@ -11,7 +11,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.core.errors import ApiError, bad_request, explain_validation
-from fleetd.core.names import is_valid
+from fleetd.core.names import InvalidModelName, is_valid, normalize
 
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
 
@@ -72,6 +72,49 @@ async def read_json(request: web.Request, type_: type[T], *, model_first: bool =
         raise bad_request(_validation_message(str(e))) from None
     except msgspec.DecodeError as e:
         raise bad_request(f"malformed JSON: {e}") from None
+
+
+class Head(msgspec.Struct):
+    """The only fields a hop reads from an inference body it forwards as bytes."""
+
+    model: str = ""
+    name: str = ""  # /api/show's older spelling of ``model``
+
+
+H = TypeVar("H", bound=Head)
+
+
+def decode_head(decoder: msgspec.json.Decoder[H], body: bytes) -> H:
+    """The head of a forwarded body; 400 for an empty, malformed or mistyped one."""
+    if not body:
+        raise bad_request("request body is empty; expected a JSON object")
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as e:
+        raise bad_request(f"invalid request body: {e}") from None
+    except msgspec.DecodeError as e:
+        raise bad_request(f"malformed JSON: {e}") from None
+
+
+_models_seen: dict[str, str] = {}
+_MODELS_SEEN_MAX = 4096
+
+
+def request_model(raw: str) -> str:
+    """The normalized model a client request names; 400 when missing or invalid. Names seen
+    before skip the regular expression: this runs on every inference request."""
+    name = _models_seen.get(raw)
+    if name is not None:
+        return name
+    if not raw:
+        raise bad_request("model is required", param="model")
+    try:
+        name = normalize(raw)
+    except InvalidModelName:
+        raise bad_request(f"invalid model name {raw!r}", param="model") from None
+    if len(_models_seen) < _MODELS_SEEN_MAX:
+        _models_seen[raw] = name
+    return name
 
 
 def _validation_message(msg: str) -> str:
