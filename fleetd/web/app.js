@@ -21,7 +21,6 @@ const S = {
   matrix: null, // GET /api/models/matrix
   matrixError: "",
   matrixStale: true,
-  matrixCols: PAGE_ROWS, // agents shown as matrix columns
   installed: new Map(), // agent id -> GET /api/agents/{id}/models, or {error}
   installedStale: new Set(),
   es: null,
@@ -514,14 +513,42 @@ function mountRoute() {
   window.scrollTo(0, 0);
 }
 
-function moreRows(shown, total, onMore) {
-  if (shown >= total) return null;
-  return h(
-    "div",
-    { class: "more-rows" },
-    h("span", { class: "muted" }, `Showing ${shown} of ${total}.`),
-    h("button", { type: "button", class: "ghost", onclick: onMore }, `Show ${Math.min(PAGE_ROWS, total - shown)} more`),
-  );
+// One list shown PAGE_ROWS at a time: page() cuts the items, more() is the "Show N more" line
+// (null when all are shown), reset() starts over when the list's filter changes.
+function pager() {
+  let limit = PAGE_ROWS;
+  return {
+    page: (items) => items.slice(0, limit),
+    reset() {
+      limit = PAGE_ROWS;
+    },
+    more(total) {
+      const shown = Math.min(limit, total);
+      if (shown >= total) return null;
+      const next = () => {
+        limit += PAGE_ROWS;
+        render();
+      };
+      return h(
+        "div",
+        { class: "more-rows" },
+        h("span", { class: "muted" }, `Showing ${shown} of ${total}.`),
+        h("button", { type: "button", class: "ghost", onclick: next }, `Show ${Math.min(PAGE_ROWS, total - shown)} more`),
+      );
+    },
+  };
+}
+
+function filterInput(placeholder, label, pages) {
+  return h("input", {
+    type: "search",
+    placeholder,
+    "aria-label": label,
+    oninput: () => {
+      pages.reset();
+      render();
+    },
+  });
 }
 
 function pageHead(title, ...extra) {
@@ -591,16 +618,8 @@ function sortedAgents() {
 
 function agentsView(root) {
   const stats = h("div", { class: "stats" });
-  let limit = PAGE_ROWS;
-  const search = h("input", {
-    type: "search",
-    placeholder: "Filter by name, URL or status",
-    "aria-label": "Filter agents",
-    oninput: () => {
-      limit = PAGE_ROWS;
-      render();
-    },
-  });
+  const pages = pager();
+  const search = filterInput("Filter by name, URL or status", "Filter agents", pages);
   const body = h("div", { class: "card flush" });
   root.append(pageHead("Agents", h("div", { class: "toolbar" }, stats, search)), body);
   document.title = "Agents · fleetd";
@@ -643,7 +662,7 @@ function agentsView(root) {
         const rows = table(
           "agents",
           ["Name", "URL", "Status", "GPUs", "Ready", "Load", "Last seen"],
-          shown.slice(0, limit).map((a) =>
+          pages.page(shown).map((a) =>
             h(
               "tr",
               { "data-agent": a.id },
@@ -668,10 +687,7 @@ function agentsView(root) {
             ),
           ),
         );
-        const more = moreRows(Math.min(limit, shown.length), shown.length, () => {
-          limit += PAGE_ROWS;
-          render();
-        });
+        const more = pages.more(shown.length);
         return more ? h("div", null, rows, more) : rows;
       }),
     );
@@ -921,16 +937,8 @@ function taskTable(tasks, { agent = true, empty = "No downloads." } = {}) {
 
 function tasksView(root, filter) {
   const chips = h("div", { class: "chips", role: "tablist" });
-  let limit = PAGE_ROWS;
-  const search = h("input", {
-    type: "search",
-    placeholder: "Filter by model or agent",
-    "aria-label": "Filter by model or agent",
-    oninput: () => {
-      limit = PAGE_ROWS;
-      render();
-    },
-  });
+  const pages = pager();
+  const search = filterInput("Filter by model or agent", "Filter by model or agent", pages);
   const body = h("div", { class: "card flush" });
   root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), body);
   document.title = "Tasks · fleetd";
@@ -953,13 +961,10 @@ function tasksView(root, filter) {
     );
     body.replaceChildren(
       loadingOr(() => {
-        const rows = taskTable(sortTasks(shown).slice(0, limit), {
+        const rows = taskTable(pages.page(sortTasks(shown)), {
           empty: status ? `No ${status} downloads.` : "No downloads yet.",
         });
-        const more = moreRows(Math.min(limit, shown.length), shown.length, () => {
-          limit += PAGE_ROWS;
-          render();
-        });
+        const more = pages.more(shown.length);
         return more ? h("div", null, rows, more) : rows;
       }),
     );
@@ -1179,12 +1184,14 @@ function tagsDetail(m, d) {
   );
 }
 
+const matrixColumns = pager(); // the matrix's agent columns, paged as lists' rows are
+
 function matrixTable(q) {
   if (S.matrixError && !S.matrix) return notice("error", `Cannot load the matrix: ${S.matrixError}`);
   if (!S.matrix) return h("p", { class: "empty" }, "Loading…");
   const supported = supportedSet();
   const all = [...(S.matrix.agents || [])].sort((x, y) => x.name.localeCompare(y.name));
-  const agents = all.slice(0, S.matrixCols); // columns, paged as lists' rows are
+  const agents = matrixColumns.page(all);
   const models = (S.matrix.models || []).filter((m) => !q || m.toLowerCase().includes(q));
   models.sort((x, y) => Number(supported.has(y)) - Number(supported.has(x)) || x.localeCompare(y));
   if (!all.length) return h("p", { class: "empty" }, "No agents yet.");
@@ -1251,10 +1258,7 @@ function matrixTable(q) {
       { class: "table-wrap" },
       h("table", { class: "matrix" }, h("thead", null, head), h("tbody", null, rows)),
     ),
-    moreRows(agents.length, all.length, () => {
-      S.matrixCols += PAGE_ROWS;
-      render();
-    }),
+    matrixColumns.more(all.length),
     h(
       "p",
       { class: "foot muted legend" },
