@@ -25,13 +25,11 @@ import pstats
 import random
 import re
 import resource
-import signal
 import statistics
 import sys
 import tempfile
 import time
 import uuid
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,9 +38,9 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from bench.procs import Proc, spawn
 from fleetd.core.server import run
 
-ROOT = Path(__file__).resolve().parent.parent
 ADMIN_TOKEN = "bench-admin-token"
 AGENT_TOKEN = "bench-agent-token"
 AGENT_HEADERS = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Type": "application/json"}
@@ -52,7 +50,6 @@ GPU_NAME = "NVIDIA H100 80GB HBM3"
 GPU_MEMORY = 85_899_345_920
 MODELS = ["gpt-oss:20b", "gpt-oss:120b", "gpt-oss-safeguard:20b", "qwen3-coder:30b"]
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-LISTENING_RE = re.compile(r"listening on (http://\S+)")
 OFFLINE_RE = re.compile(r"offline: silent")
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
@@ -126,79 +123,24 @@ def own_cpu_s() -> float:
 # --- targets -----------------------------------------------------------------------------
 
 
-@dataclass
-class Target:
-    """A coordinator under test, started as a subprocess whose log is drained and scanned."""
-
-    kind: str
-    proc: asyncio.subprocess.Process
-    url: str = ""
-    offline_events: int = 0
-    tail: deque[str] = field(default_factory=lambda: deque(maxlen=30))
-    reader: asyncio.Task[None] | None = None
-
-    async def drain(self) -> None:
-        assert self.proc.stdout is not None
-        async for raw in self.proc.stdout:
-            line = raw.decode(errors="replace").rstrip()
-            self.tail.append(line)
-            if OFFLINE_RE.search(line):
-                self.offline_events += 1
-
-    async def stop(self) -> None:
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 60)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-        if self.reader is not None:
-            await self.reader
-
-
-async def start_target(kind: str, data_dir: Path, profile: Path | None) -> Target:
+async def start_target(kind: str, data_dir: Path, profile: Path | None) -> Proc:
+    """fleetd's coordinator (``kind`` "fleetd", its offline verdicts counted from its log) or
+    the bare one ("bare")."""
     env = {
         **os.environ,
         "FLEETD_ADMIN_TOKEN": ADMIN_TOKEN,
         "FLEETD_AGENT_TOKEN": AGENT_TOKEN,
         "PYTHONUNBUFFERED": "1",
     }
-    if kind == "fleetd":
-        config = data_dir / "coordinator.toml"
-        toml = f"[coordinator]\nheartbeat_timeout_s = {HEARTBEAT_TIMEOUT_S}\n"
-        await asyncio.to_thread(config.write_text, toml)
-        prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
-        args = [*prof, "-m", "fleetd", "--role", "coordinator", "--config", str(config)]
-        args += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data")]
-    else:
-        args = ["-m", "bench.bare_coordinator", "--listen", "127.0.0.1:0"]
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *args,
-        cwd=ROOT,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    target = Target(kind, proc)
-    assert proc.stdout is not None
-    deadline = time.monotonic() + 30
-    while not target.url:
-        try:
-            raw = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
-        except asyncio.TimeoutError:
-            raw = b""
-        if not raw:
-            proc.kill()
-            await proc.wait()
-            sys.exit(f"{kind} did not start; its log:\n" + "\n".join(target.tail))
-        line = raw.decode(errors="replace").rstrip()
-        target.tail.append(line)
-        if m := LISTENING_RE.search(line):
-            target.url = m.group(1)
-    target.reader = asyncio.create_task(target.drain())
-    return target
+    if kind == "bare":
+        return await spawn(kind, "-m", "bench.bare_coordinator", "--listen", "127.0.0.1:0", env=env)
+    config = data_dir / "coordinator.toml"
+    toml = f"[coordinator]\nheartbeat_timeout_s = {HEARTBEAT_TIMEOUT_S}\n"
+    await asyncio.to_thread(config.write_text, toml)
+    prof = ["-m", "cProfile", "-o", str(profile)] if profile else []
+    args = [*prof, "-m", "fleetd", "--role", "coordinator", "--config", str(config)]
+    args += ["--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data")]
+    return await spawn(kind, *args, env=env, watch=OFFLINE_RE)
 
 
 # --- simulated agents --------------------------------------------------------------------
@@ -385,7 +327,7 @@ async def measure(kind: str, n: int, args: argparse.Namespace, profile: Path | N
 
 
 async def _drive_and_measure(
-    target: Target, session: aiohttp.ClientSession, n: int, workers: int, args: argparse.Namespace
+    target: Proc, session: aiohttp.ClientSession, n: int, workers: int, args: argparse.Namespace
 ) -> Result:
     interval: float = args.interval
     agents = [SimAgent(i, i * interval / n, args.gpus) for i in range(n)]
@@ -423,18 +365,18 @@ async def _drive_and_measure(
         await asyncio.gather(*drivers, return_exceptions=True)
     if load.errors or load.reregistered:
         print(
-            f"  {target.kind}: {load.errors} failed heartbeats, "
+            f"  {target.name}: {load.errors} failed heartbeats, "
             f"{load.reregistered} re-registrations",
             file=sys.stderr,
         )
     return Result(
-        kind=target.kind,
+        kind=target.name,
         n=n,
         cpu_pct=100 * (cpu1 - cpu0) / (w1 - w0),
         loop_cpu_pct=100 * (loop1 - loop0) / (w1 - w0),
         rss_mb=rss,
         list_ms=list_ms,
-        offline=(target.offline_events + offline_now) if target.kind == "fleetd" else None,
+        offline=(target.matches + offline_now) if target.name == "fleetd" else None,
         load_cpu_pct=100 * (own1 - own0) / (w1 - w0),
         hb_rate=rate,
         max_lag=load.max_lag,

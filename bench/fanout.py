@@ -29,7 +29,6 @@ import argparse
 import asyncio
 import itertools
 import os
-import re
 import statistics
 import sys
 import tempfile
@@ -42,6 +41,7 @@ import msgspec
 from aiohttp import web
 
 from bench.agents import tree_cpu_s
+from bench.procs import Proc, spawn
 from fleetd.core.server import run
 from fleetd.core.wire import Order, ProgressReport, TaskUpdate
 
@@ -56,7 +56,6 @@ TOTAL_BYTES = 13_793_441_244
 REPORT_EVERY_S = 0.5
 REPORTS = 8
 """Progress reports per task before it completes (about 4 s of "download")."""
-LISTENING_RE = re.compile(r"listening on (http://\S+)")
 
 
 class _Reply(msgspec.Struct):
@@ -169,30 +168,19 @@ class Events:
                     self.changed.set()
 
 
-async def start_coordinator(data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def start_coordinator(data_dir: Path) -> Proc:
     config = data_dir / "coordinator.toml"
     await asyncio.to_thread(config.write_text, "[coordinator]\nheartbeat_timeout_s = 30\n")
-    env = {**os.environ, "FLEETD_ADMIN_TOKEN": ADMIN_TOKEN, "FLEETD_AGENT_TOKEN": AGENT_TOKEN}
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "fleetd", "--role", "coordinator", "--config", str(config),
-        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data"),
-        env={**env, "PYTHONUNBUFFERED": "1"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
+    env = {
+        **os.environ,
+        "FLEETD_ADMIN_TOKEN": ADMIN_TOKEN,
+        "FLEETD_AGENT_TOKEN": AGENT_TOKEN,
+        "PYTHONUNBUFFERED": "1",
+    }
+    return await spawn(
+        "coordinator", "-m", "fleetd", "--role", "coordinator", "--config", str(config),
+        "--listen", "127.0.0.1:0", "--data-dir", str(data_dir / "data"), env=env,
     )  # fmt: skip
-    assert proc.stdout is not None
-    while True:
-        raw = await asyncio.wait_for(proc.stdout.readline(), 30)
-        if not raw:
-            sys.exit("the coordinator did not start")
-        if m := LISTENING_RE.search(raw.decode(errors="replace")):
-            return proc, m.group(1)
-
-
-async def drain(proc: asyncio.subprocess.Process) -> None:
-    assert proc.stdout is not None
-    async for _ in proc.stdout:
-        pass
 
 
 def pct(values: list[float], q: float) -> float:
@@ -261,8 +249,8 @@ async def one_round(
 
 async def bench(n: int, rounds: int) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="fleetd-fanout-") as tmp:
-        proc, url = await start_coordinator(Path(tmp))
-        drainer = asyncio.create_task(drain(proc))
+        coordinator = await start_coordinator(Path(tmp))
+        url, pid = coordinator.url, coordinator.proc.pid
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
             sims = SimAgents(n, session, url)
@@ -279,7 +267,7 @@ async def bench(n: int, rounds: int) -> list[dict[str, float]]:
                 beats = asyncio.create_task(sims.heartbeats())
                 await asyncio.sleep(1.0)  # let registrations settle
                 results = [
-                    await one_round(session, url, proc.pid, sims, events, r) for r in range(rounds)
+                    await one_round(session, url, pid, sims, events, r) for r in range(rounds)
                 ]
             finally:
                 for t in [follower, beats, *sims.jobs]:
@@ -289,9 +277,7 @@ async def bench(n: int, rounds: int) -> list[dict[str, float]]:
                 if beats is not None:
                     await asyncio.gather(beats, return_exceptions=True)
                 await runner.cleanup()
-        proc.terminate()
-        await proc.wait()
-        await drainer
+        await coordinator.stop()
     return results
 
 

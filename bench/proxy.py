@@ -23,9 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import shutil
-import signal
 import statistics
 import sys
 import tempfile
@@ -38,9 +36,9 @@ from pathlib import Path
 import aiohttp
 import msgspec
 
+from bench.procs import Proc, spawn
 from fleetd.core.server import run
 
-ROOT = Path(__file__).resolve().parent.parent
 MODEL = "qwen2.5:0.5b"
 ADMIN_TOKEN = "bench-admin-token"
 ENV = {
@@ -49,7 +47,6 @@ ENV = {
     "FLEETD_AGENT_TOKEN": "bench-agent-token",
     "PYTHONUNBUFFERED": "1",
 }
-LISTENING_RE = re.compile(r"listening on (http://\S+)")
 LITELLM_KEY = "sk-bench"
 JSON = {"Content-Type": "application/json", "Authorization": f"Bearer {LITELLM_KEY}"}
 """Every target gets the same headers; only LiteLLM checks the key (fleetd ignores it while
@@ -62,60 +59,6 @@ CONCURRENCY = (16, 64)
 
 def body(stream: bool) -> bytes:
     return msgspec.json.encode({"model": MODEL, "messages": MESSAGES, "stream": stream})
-
-
-@dataclass
-class Proc:
-    name: str
-    proc: asyncio.subprocess.Process
-    url: str = ""
-    reader: asyncio.Task[None] | None = None
-
-    async def stop(self) -> None:
-        if self.reader is not None:
-            self.reader.cancel()
-        if self.proc.returncode is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                await asyncio.wait_for(self.proc.wait(), 15)
-            except asyncio.TimeoutError:
-                self.proc.kill()
-                await self.proc.wait()
-
-
-async def spawn(name: str, *args: str) -> Proc:
-    """Start ``python args…`` and wait for its ``listening on URL`` line."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        *args,
-        cwd=ROOT,
-        env=ENV,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    p = Proc(name, proc)
-    assert proc.stdout is not None
-    tail: list[str] = []
-    while not p.url:
-        try:
-            raw = await asyncio.wait_for(proc.stdout.readline(), 30)
-        except asyncio.TimeoutError:
-            raw = b""
-        if not raw:
-            await p.stop()
-            sys.exit(f"{name} did not start:\n" + "\n".join(tail[-20:]))
-        line = raw.decode(errors="replace").rstrip()
-        tail.append(line)
-        if m := LISTENING_RE.search(line):
-            p.url = m.group(1)
-
-    async def drain() -> None:
-        assert proc.stdout is not None
-        while await proc.stdout.read(65536):
-            pass
-
-    p.reader = asyncio.get_running_loop().create_task(drain())
-    return p
 
 
 async def start_litellm(sim_url: str, work: Path) -> Proc | None:
@@ -149,7 +92,8 @@ async def start_litellm(sim_url: str, work: Path) -> Proc | None:
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.DEVNULL,
     )
-    p = Proc("litellm", proc, f"http://127.0.0.1:{port}")
+    p = Proc("litellm", proc)
+    p.url = f"http://127.0.0.1:{port}"
     async with aiohttp.ClientSession() as s:
         for _ in range(600):
             try:
@@ -313,16 +257,17 @@ async def main_async(args: argparse.Namespace) -> int:
         sim = await spawn(
             "sim", "-m", "fleetd", "sim-ollama", "--listen", "127.0.0.1:0", "--latency-ms", "0",
             "--token-delay-ms", "0", "--size-scale", "0.0001", "--bandwidth", "0",
-            "--preinstall", MODEL,
+            "--preinstall", MODEL, env=ENV,
         )  # fmt: skip
         procs.append(sim)
-        hop2 = await spawn("chain2", "-m", "bench.chain", "--upstream", sim.url)
-        hop1 = await spawn("chain1", "-m", "bench.chain", "--upstream", hop2.url)
+        hop2 = await spawn("chain2", "-m", "bench.chain", "--upstream", sim.url, env=ENV)
+        hop1 = await spawn("chain1", "-m", "bench.chain", "--upstream", hop2.url, env=ENV)
         procs += [hop2, hop1]
         (work / "c.toml").write_text(f'[coordinator]\nsupported_models = ["{MODEL}"]\n')
         coord = await spawn(
             "coordinator", "-m", "fleetd", "--role", "coordinator", "--config",
             str(work / "c.toml"), "--listen", "127.0.0.1:0", "--data-dir", str(work / "c"),
+            env=ENV,
         )  # fmt: skip
         procs.append(coord)
         (work / "a.toml").write_text(
@@ -332,7 +277,7 @@ async def main_async(args: argparse.Namespace) -> int:
         agent = await spawn(
             "agent", "-m", "fleetd", "--role", "agent", "--config", str(work / "a.toml"),
             "--listen", "127.0.0.1:0", "--data-dir", str(work / "a"),
-            "--coordinator", coord.url, "--ollama", sim.url,
+            "--coordinator", coord.url, "--ollama", sim.url, env=ENV,
         )  # fmt: skip
         procs.append(agent)
         await wait_ready(coord.url)
