@@ -48,6 +48,8 @@ class Fleet:
         **settings: Any,
     ) -> Proc:
         data_dir = data_dir or self._dir("coordinator")
+        # The registry mirror is on by default; tests that are not about it pull directly.
+        settings.setdefault("mirror", {"enabled": False})
         cfg = write_toml(data_dir.parent / f"{data_dir.name}.toml", {"coordinator": settings})
         p = self.start(
             [

@@ -163,6 +163,7 @@ class Link:
             else:
                 self.rt.agent_id = reply.id
                 await self.rt.set_supported(reply.supported_models)
+                self.rt.mirror_url = self.base if reply.mirror else ""
                 log.info("registered with %s as agent %s (%s)", self.base, reply.id, self.rt.name)
                 return
             await asyncio.sleep(delay)
@@ -185,6 +186,7 @@ class Link:
         )
         reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)
         await rt.set_supported(reply.supported_models)
+        rt.mirror_url = self.base if reply.mirror else ""
 
     async def run(self) -> None:
         await self.rt.bound.wait()

@@ -38,6 +38,8 @@ class Runtime:
         self.url = ""
         self.name = config.name
         self.supported_models: list[str] = []
+        self.mirror_url = ""
+        """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
         self.readiness = Readiness()
         self.in_flight = 0
         self.bound = asyncio.Event()

@@ -96,10 +96,13 @@ class Cache:
 
     # -- state -----------------------------------------------------------------------------
 
-    def open(self) -> None:
-        """Create the directories, index complete blobs, drop stale staging files."""
+    def prepare(self) -> None:
         for d in (self.blob_dir, self.manifest_dir, self.tmp_dir):
             d.mkdir(parents=True, exist_ok=True)
+
+    def open(self) -> None:
+        """Create the directories, index complete blobs, drop stale staging files."""
+        self.prepare()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir()
         now = time.monotonic()
