@@ -341,6 +341,7 @@ class Downloads:
         return out
 
     async def _attempt(self, e: Entry) -> None:
+        await via_mirror.settled(self.rt.mirror_known)
         tags = await self._tags()
         holders = [url for url, models in tags.items() if e.model in models]
         if holders and not e.redownload:

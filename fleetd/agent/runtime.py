@@ -40,6 +40,8 @@ class Runtime:
         self.supported_models: list[str] = []
         self.mirror_url = ""
         """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
+        self.mirror_known = asyncio.Event()
+        """Set once a coordinator's reply said whether its mirror is on."""
         self.readiness = Readiness()
         self.in_flight = 0
         self.bound = asyncio.Event()

@@ -26,6 +26,7 @@ from fleetd.core.ollama import Ollama, OllamaError, PullProgress
 log = logging.getLogger("fleetd.agent.downloads")
 
 MANIFEST_RETRY_S = 1.0
+SETTLE_S = 10.0
 DIRECT = "registry"
 
 
@@ -53,6 +54,15 @@ def uses_mirror(e: Task, mirror_url: str) -> bool:
 def go_direct(e: Task, why: str) -> None:
     e.source = f"{DIRECT} directly: {why}"
     log.warning("task %s: %s: pulling from the registry directly: %s", e.task_id, e.model, why)
+
+
+async def settled(known: asyncio.Event) -> None:
+    """Until the coordinator has said whether its mirror is on (an order can come before the
+    agent has read its registration reply); after a while, go on without it."""
+    try:
+        await asyncio.wait_for(known.wait(), SETTLE_S)
+    except asyncio.TimeoutError:
+        pass
 
 
 async def size(session: aiohttp.ClientSession, e: Task, mirror_url: str, registry_url: str) -> int:
