@@ -22,9 +22,9 @@ from tests.mirror.conftest import (
 
 
 def _import(data_dir: Path, models_dir: Path, *models: str) -> subprocess.CompletedProcess[str]:
+    args = ["mirror", "import", str(models_dir), *models, "--data-dir", str(data_dir)]
     return subprocess.run(
-        [sys.executable, "-m", "fleetd", "mirror", "import", str(models_dir), *models]
-        + ["--data-dir", str(data_dir)],
+        [sys.executable, "-m", "fleetd", *args],
         capture_output=True,
         text=True,
         timeout=60,
