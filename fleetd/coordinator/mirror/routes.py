@@ -20,7 +20,7 @@ from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin
 from fleetd.coordinator.mirror.cache import BadName, check_digest, check_repo
-from fleetd.coordinator.mirror.fetcher import CHUNK, Flight
+from fleetd.coordinator.mirror.fetcher import Flight
 from fleetd.coordinator.mirror.service import MANIFEST_TYPE, MIRROR, Mirror, UpstreamError
 from fleetd.core.errors import ApiError, bad_request
 from fleetd.core.http import json_response
@@ -29,6 +29,9 @@ routes = web.RouteTableDef()
 
 _RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 SIZE_WAIT_S = 60.0
+SERVE_CHUNK = 256 * 1024
+"""Bytes read and written at a time per connection: memory grows with connections (Ollama
+opens 16 per blob), never with blob size."""
 
 
 def _mirror(request: web.Request) -> Mirror:
@@ -155,7 +158,7 @@ async def _stream(
             if fd is None:
                 fd = await asyncio.to_thread(_open, mirror, digest, flight is not None)
             avail = flight.have if flight is not None else end
-            n = min(CHUNK, end - pos, avail - pos)
+            n = min(SERVE_CHUNK, end - pos, avail - pos)
             chunk = await asyncio.to_thread(os.pread, fd, n, pos)
             if not chunk:
                 raise ConnectionResetError(f"{digest}: file shorter than expected")
