@@ -80,7 +80,9 @@ async def one_agent(
         buf = bytearray(size) if check else None
         sem = asyncio.Semaphore(16)
 
-        async def fetch(a: int, b: int, buf: bytearray | None = buf) -> int:
+        async def fetch(
+            a: int, b: int, buf: bytearray | None, sem: asyncio.Semaphore, direct: str
+        ) -> int:
             async with sem, s.get(direct, headers={"Range": f"bytes={a}-{b - 1}"}) as r:
                 n = 0
                 async for chunk in r.content.iter_chunked(1 << 20):
@@ -89,7 +91,7 @@ async def one_agent(
                     n += len(chunk)
                 return n
 
-        got += sum(await asyncio.gather(*(fetch(a, b) for a, b in spans)))
+        got += sum(await asyncio.gather(*(fetch(a, b, buf, sem, direct) for a, b in spans)))
         if buf is not None and "sha256:" + hashlib.sha256(buf).hexdigest() != blob["digest"]:
             sys.exit(f"blob {blob['digest']} arrived corrupt")
     return got
