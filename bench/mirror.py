@@ -176,6 +176,6 @@ async def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--agents", type=lambda v: [int(x) for x in v.split(",")], default=[10, 100])
-    p.add_argument("--model-mb", type=float, default=200.0, help="model size after scaling")
-    p.add_argument("--upstream", type=float, default=50e6, help="upstream bytes/s")
+    p.add_argument("--model-mb", type=float, default=50.0, help="model size after scaling")
+    p.add_argument("--upstream", type=float, default=20e6, help="upstream bytes/s")
     asyncio.run(main(p.parse_args()))

@@ -126,3 +126,20 @@ def test_mirror_follows_upstream_redirects(fleet: Fleet, mode: str) -> None:
     c = mirror_coordinator(fleet, up.url)
     assert pull(fleet.sim(), mirror_name(c))[-1] == {"status": "success"}
     wait_until(lambda: mirror_state(c)["models"][0]["complete"], what="model complete")
+
+
+def test_cache_keeps_within_max_bytes_evicting_least_recently_used(fleet: Fleet) -> None:
+    up = upstream(fleet)
+    llama = model_bytes(manifest(up))
+    qwen = model_bytes(manifest(up, "library/qwen2.5", "0.5b"))
+    c = mirror_coordinator(fleet, up.url, mirror={"max_bytes": llama + qwen // 2})
+    ollama = fleet.sim()
+    assert pull(ollama, mirror_name(c))[-1] == {"status": "success"}
+    assert pull(ollama, mirror_name(c, "qwen2.5:0.5b"))[-1] == {"status": "success"}
+    state = mirror_state(c)
+    assert state["bytes_cached"] <= llama + qwen // 2
+    complete = {m["name"]: m["complete"] for m in state["models"]}
+    assert complete == {MODEL: False, "qwen2.5:0.5b": True}
+    # The evicted model comes back from upstream on demand.
+    assert pull(fleet.sim(), mirror_name(c))[-1] == {"status": "success"}
+    assert {m["name"]: m["complete"] for m in mirror_state(c)["models"]}[MODEL] is True
