@@ -20,7 +20,7 @@ from tests.mirror.conftest import (
     upstream,
     upstream_served,
 )
-from tests.procs import Proc, wait_until
+from tests.procs import Proc, admin, wait_until
 
 
 def _fleet(fleet: Fleet, c: Proc, registry_url: str, n: int) -> list[Proc]:
@@ -65,3 +65,27 @@ def test_mirror_off_or_failing_agents_pull_directly_and_say_so(fleet: Fleet) -> 
     assert t["source"].startswith("registry directly: the mirror answered")
     assert "HTTP 502" in t["source"]
     assert tags(sim) == [MODEL]
+
+
+def test_corrupt_upstream_blob_fails_the_task_naming_it_and_a_retry_fetches_again(
+    fleet: Fleet,
+) -> None:
+    up = upstream(fleet)
+    digest = manifest(up)["layers"][0]["digest"]
+    registry_knobs(up, corrupt=[digest])
+    c = mirror_coordinator(fleet, up.url, supported_models=[MODEL])
+    (sim,) = _fleet(fleet, c, up.url, 1)
+
+    def failed() -> dict[str, Any] | None:
+        found = [t for t in tasks(c) if t["status"] == "failed"]
+        return found[0] if found else None
+
+    t = wait_until(failed, 30, 0.2, what="the task failed")
+    assert f"want {digest}" in t["error"]
+    assert tags(sim) == []
+    registry_knobs(up)
+    with admin(c.url) as cl:
+        assert cl.post(f"/api/tasks/{t['id']}/retry").status_code == 200
+    wait_until(lambda: _all_ready(c, 1), 30, 0.2, what="the agent with the model")
+    assert tags(sim) == [MODEL]
+    assert upstream_served(up) >= 2 * manifest(up)["layers"][0]["size"]

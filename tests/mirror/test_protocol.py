@@ -84,6 +84,8 @@ def test_range_head_and_bad_input(fleet: Fleet) -> None:
         assert r.status_code == 400, path
         assert r.json()["error"]["code"] in ("invalid_name", "invalid_digest")
     assert httpx.get(f"{c.url}/v2/library/nope/manifests/1b", timeout=10).status_code == 404
+    unknown = httpx.get(f"{c.url}/v2/{REPO}/blobs/sha256:{'0' * 64}", timeout=10)
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "blob_unknown"
     assert httpx.post(url, timeout=10).status_code == 405  # read-only
     assert httpx.get(c.url + "/api/mirror", timeout=10).status_code == 401
 

@@ -19,9 +19,12 @@ import re
 import shutil
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 import msgspec
+
+from fleetd.core import names
 
 DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
 NAMESPACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,79}")
@@ -150,13 +153,17 @@ class Cache:
         usage = shutil.disk_usage(self.root)
         return max(0, self.bytes_cached + usage.free - int(usage.total * FREE_FRACTION))
 
-    def make_room(self, incoming: int) -> list[str]:
-        """Evict least recently used, unpinned blobs until ``incoming`` more bytes fit;
-        returns the evicted digests. Blocking."""
+    def make_room(self, incoming: int, needed_models: Iterable[str] = ()) -> list[str]:
+        """Evict least recently used blobs until ``incoming`` more bytes fit, sparing those
+        pinned and those of ``needed_models`` (running tasks'); returns the evicted digests.
+        Blocking."""
         evicted: list[str] = []
         budget = self.budget()
+        if self.bytes_cached + incoming <= budget:
+            return evicted
         with self._lock:
             pinned = set(self.pins)
+        pinned.update(self._digests_of(needed_models))
         for digest in sorted(self.sizes, key=lambda d: self.used.get(d, 0.0)):
             if self.bytes_cached + incoming <= budget:
                 break
@@ -167,6 +174,19 @@ class Cache:
             self.used.pop(digest, None)
             evicted.append(digest)
         return evicted
+
+    def _digests_of(self, models: Iterable[str]) -> set[str]:
+        digests: set[str] = set()
+        for model in models:
+            try:
+                repo, tag = names.split(model)
+                namespace, name = repo.split("/")
+                body = self.manifest_path(namespace, name, tag).read_bytes()
+                manifest = msgspec.json.decode(body, type=Manifest)
+            except (ValueError, OSError, msgspec.DecodeError, msgspec.ValidationError):
+                continue  # another registry's model, or no manifest stored yet
+            digests.update(b.digest for b in manifest.blobs)
+        return digests
 
     def complete(self, digest: str, source: Path) -> None:
         """Move a checked file into place under its digest (atomic). Blocking."""

@@ -32,6 +32,10 @@ TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10, sock_read=60)
 class FetchError(Exception):
     """The blob could not be fetched (or failed its check); the message names the digest."""
 
+    def __init__(self, message: str, status: int = 502) -> None:
+        super().__init__(message)
+        self.status = status
+
 
 class Throttle:
     """A token bucket over all upstream reads; 0 bytes/s = no cap."""
@@ -61,6 +65,8 @@ class Flight:
         self.have = 0
         self.done = False
         self.error: str | None = None
+        self.error_status = 502
+        """404 when upstream does not know the blob."""
         self.task: asyncio.Task[None] | None = None
         self.hasher = hashlib.sha256()
         """sha256 of the bytes on disk so far."""
@@ -87,12 +93,15 @@ class Fetcher:
         registry_url: str,
         throttle: Throttle,
         on_upstream: Callable[[int], None],
+        needed_models: Callable[[], set[str]],
     ) -> None:
         self.cache = cache
         self.session = session
         self.registry_url = registry_url.rstrip("/")
         self.throttle = throttle
         self.on_upstream = on_upstream
+        self.needed_models = needed_models
+        """Models of running tasks: their blobs are never evicted."""
         self.flights: dict[str, Flight] = {}
 
     def start(self, repo: str, digest: str, size: int | None) -> Flight:
@@ -145,7 +154,7 @@ class Fetcher:
             await asyncio.to_thread(self.cache.complete, flight.digest, flight.path)
             log.info("mirror: %s complete (%d bytes)", flight.digest, flight.have)
         except FetchError as err:
-            flight.error = str(err)
+            flight.error, flight.error_status = str(err), err.status
             log.warning("mirror: %s", err)
         except Exception as err:
             flight.error = f"blob {flight.digest}: internal error: {err!r}"
@@ -167,7 +176,7 @@ class Fetcher:
                 body = (await r.content.read(300)).decode(errors="replace")
                 message = f"blob {flight.digest}: upstream {url}: HTTP {r.status}: {body.strip()}"
                 if r.status in (404, 401, 403):
-                    raise FetchError(message)
+                    raise FetchError(message, 404 if r.status == 404 else 502)
                 raise aiohttp.ClientResponseError(r.request_info, (), status=r.status)
             if r.status == 200 and flight.have:
                 log.info("mirror: upstream ignored Range for %s; fetching from 0", flight.digest)
@@ -177,7 +186,8 @@ class Fetcher:
             if length is not None and flight.size is None:
                 flight.size = flight.have + length
                 flight.sized.set()
-            await asyncio.to_thread(self.cache.make_room, (flight.size or 0) - flight.have)
+            incoming = (flight.size or 0) - flight.have
+            await asyncio.to_thread(self.cache.make_room, incoming, self.needed_models())
             fd = await asyncio.to_thread(_open_append, flight.path)
             try:
                 while True:

@@ -104,7 +104,8 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
         except asyncio.TimeoutError:
             raise ApiError(504, "upstream_timeout", f"upstream did not start {digest}") from None
         if flight.error is not None and flight.size is None:
-            raise ApiError(502, "upstream_unavailable", flight.error)
+            code = "blob_unknown" if flight.error_status == 404 else "upstream_unavailable"
+            raise ApiError(flight.error_status, code, flight.error)
     size = found if isinstance(found, int) else flight.size if flight else None
     assert size is not None
     headers = {

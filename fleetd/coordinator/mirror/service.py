@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from fleetd.config import CoordinatorConfig, expand
+from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.metrics import METRICS
 from fleetd.coordinator.mirror.cache import Cache, Manifest
 from fleetd.coordinator.mirror.fetcher import Fetcher, Flight, Throttle
@@ -23,6 +24,7 @@ from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.catalog import network_reason
 from fleetd.core.http import CLIENT
 from fleetd.core.store import STORE, Store
+from fleetd.core.wire import TERMINAL
 
 log = logging.getLogger("fleetd.mirror")
 
@@ -53,6 +55,7 @@ class Mirror:
         session: aiohttp.ClientSession,
         store: Store,
         registry: CollectorRegistry,
+        needed_models: Callable[[], set[str]],
     ) -> None:
         m = settings.mirror
         self.enabled = m.enabled
@@ -63,7 +66,12 @@ class Mirror:
         self.counters = _Counters()
         self._saved = _Counters()
         self.fetcher = Fetcher(
-            cache, session, settings.registry_url, Throttle(m.upstream_bandwidth_bps), self._up
+            cache,
+            session,
+            settings.registry_url,
+            Throttle(m.upstream_bandwidth_bps),
+            self._up,
+            needed_models,
         )
         self.sizes: dict[str, int] = {}
         """Blob sizes learnt from manifests: digest -> bytes."""
@@ -183,11 +191,17 @@ MIRROR = web.AppKey("mirror", Mirror)
 
 
 async def mirror_ctx(app: web.Application) -> AsyncIterator[None]:
-    """After the client's and the store's entries: the cache opened, counters loaded."""
+    """After the client's, the store's and the distribution's entries: the cache opened,
+    counters loaded."""
     settings = app[SETTINGS]
     cache = Cache(expand(settings.data_dir) / "mirror", settings.mirror.max_bytes)
     await asyncio.to_thread(cache.open)
-    mirror = Mirror(settings, cache, app[CLIENT], app[STORE], app[METRICS].registry)
+    dist = app[DISTRIBUTION]
+
+    def needed() -> set[str]:
+        return {t.model for t in dist.tasks.values() if t.status not in TERMINAL}
+
+    mirror = Mirror(settings, cache, app[CLIENT], app[STORE], app[METRICS].registry, needed)
     await mirror.load_counters()
     app[MIRROR] = mirror
     saver = asyncio.create_task(mirror.run_saver(), name="mirror-counters")
