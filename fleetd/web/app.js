@@ -22,6 +22,7 @@ const S = {
   matrixError: "",
   matrixStale: true,
   installed: new Map(), // agent id -> GET /api/agents/{id}/models, or {error}
+  mirror: null, // GET /api/mirror, then its "mirror" events
   installedStale: new Set(),
   es: null,
   retryTimer: 0,
@@ -239,6 +240,10 @@ async function loadSnapshot() {
     for (const t of tasks.tasks || []) S.tasks.set(t.id, t);
     S.loaded = true;
     S.loadError = "";
+    api("/api/mirror").then((m) => {
+      S.mirror = m;
+      render();
+    }, () => {});
     S.matrixStale = true;
     for (const id of S.installed.keys()) S.installedStale.add(id);
   } catch (e) {
@@ -355,6 +360,10 @@ function connectEvents() {
   });
   es.addEventListener("task", (e) => {
     upsertTask(JSON.parse(e.data));
+    renderLive();
+  });
+  es.addEventListener("mirror", (e) => {
+    S.mirror = JSON.parse(e.data);
     renderLive();
   });
   es.addEventListener("error", () => {
@@ -940,7 +949,8 @@ function tasksView(root, filter) {
   const pages = pager();
   const search = filterInput("Filter by model or agent", "Filter by model or agent", pages);
   const body = h("div", { class: "card flush" });
-  root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), body);
+  const mirror = h("div", { id: "mirror" });
+  root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), mirror, body);
   document.title = "Tasks · fleetd";
   const status = TASK_STATES.includes(filter) ? filter : "";
   return () => {
@@ -951,6 +961,7 @@ function tasksView(root, filter) {
       chip("", "All", all.length, status),
       ...TASK_STATES.map((s) => chip(s, s[0].toUpperCase() + s.slice(1), counts[s], status)),
     );
+    mirror.replaceChildren(mirrorCard());
     const q = search.value.trim().toLowerCase();
     const shown = all.filter(
       (t) =>
@@ -969,6 +980,46 @@ function tasksView(root, filter) {
       }),
     );
   };
+}
+
+// The registry mirror: cache fill, bytes from upstream against bytes served (what the fleet
+// did not fetch from the internet), blobs arriving, and each model's state in the cache.
+function mirrorCard() {
+  const m = S.mirror;
+  if (!m || !m.enabled) return "";
+  const budget = m.max_bytes ? `of ${fmtBytes(m.max_bytes)}` : "cached";
+  const fetching = (m.fetching || []).map((f) =>
+    h(
+      "div",
+      { class: "mirror-fetch", "data-digest": f.digest },
+      h("code", null, f.digest.slice(7, 19)),
+      bar(f.size ? f.have / f.size : 0),
+      h("span", { class: "muted" }, f.size ? `${fmtBytes(f.have)} of ${fmtBytes(f.size)}` : fmtBytes(f.have)),
+    ),
+  );
+  const models = (m.models || []).map((x) =>
+    h(
+      "span",
+      { class: "mirror-model", "data-model": x.name },
+      x.name,
+      " ",
+      badge(x.complete ? "completed" : "queued", x.complete ? "cached" : "partial"),
+    ),
+  );
+  return h(
+    "div",
+    { class: "card mirror-card" },
+    h(
+      "div",
+      { class: "stats" },
+      h("span", { class: "strong" }, "Registry mirror"),
+      stat(fmtBytes(m.bytes_cached), budget),
+      stat(fmtBytes(m.upstream_bytes), "from upstream"),
+      stat(fmtBytes(m.served_bytes), "served to agents"),
+    ),
+    fetching.length ? h("div", null, ...fetching) : "",
+    models.length ? h("div", { class: "mirror-models" }, ...models) : "",
+  );
 }
 
 function chip(value, label, count, active) {

@@ -187,24 +187,4 @@ def _open(mirror: Mirror, digest: str, arriving: bool) -> int:
 @routes.get("/api/mirror")
 async def mirror_status(request: web.Request) -> web.Response:
     require_admin(request)
-    mirror = request.app[MIRROR]
-    cache = mirror.cache
-    await asyncio.to_thread(cache.rescan)
-    models = await asyncio.to_thread(cache.models)
-    return json_response(
-        {
-            "enabled": mirror.enabled,
-            "max_bytes": cache.max_bytes,
-            "bytes_cached": cache.bytes_cached,
-            "upstream_bytes": mirror.counters.upstream_bytes,
-            "served_bytes": mirror.counters.served_bytes,
-            "fetching": [
-                {"digest": f.digest, "have": f.have, "size": f.size}
-                for f in mirror.fetcher.flights.values()
-            ],
-            "models": [
-                {"name": name, "bytes": size, "complete": complete}
-                for name, size, complete in models
-            ],
-        }
-    )
+    return json_response(await request.app[MIRROR].status())

@@ -9,6 +9,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import msgspec
@@ -22,6 +23,7 @@ from fleetd.coordinator.mirror.cache import Cache, Manifest
 from fleetd.coordinator.mirror.fetcher import Fetcher, Flight, Throttle
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.catalog import network_reason
+from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
 from fleetd.core.store import STORE, Store
 from fleetd.core.wire import TERMINAL
@@ -34,6 +36,7 @@ MANIFEST_FRESH_S = 300.0
 MANIFEST_TIMEOUT = aiohttp.ClientTimeout(total=15, connect=5)
 COUNTERS_KEY = "mirror_counters"
 SAVE_INTERVAL_S = 2.0
+PUBLISH_INTERVAL_S = 1.0
 
 
 class UpstreamError(Exception):
@@ -171,13 +174,44 @@ class Mirror:
             await self.store.set_kv(COUNTERS_KEY, msgspec.json.encode(snapshot))
             self._saved = snapshot
 
-    async def run_saver(self) -> None:
+    async def status(self) -> dict[str, Any]:
+        """``GET /api/mirror``'s answer (and the dashboard's ``mirror`` event)."""
+        cache = self.cache
+        await asyncio.to_thread(cache.rescan)
+        models = await asyncio.to_thread(cache.models)
+        return {
+            "enabled": self.enabled,
+            "max_bytes": cache.max_bytes,
+            "bytes_cached": cache.bytes_cached,
+            "upstream_bytes": self.counters.upstream_bytes,
+            "served_bytes": self.counters.served_bytes,
+            "fetching": [
+                {"digest": f.digest, "have": f.have, "size": f.size}
+                for f in self.fetcher.flights.values()
+            ],
+            "models": [
+                {"name": name, "bytes": size, "complete": complete}
+                for name, size, complete in models
+            ],
+        }
+
+    async def run_saver(self, events: EventBus) -> None:
+        """Counters to the store every 2 s; a ``mirror`` event every second while they move
+        (the dashboard's cache fill, live)."""
+        last = msgspec.structs.replace(self.counters)
+        ticks = 0
         while True:
-            await asyncio.sleep(SAVE_INTERVAL_S)
-            try:
-                await self.save_counters()
-            except Exception as err:  # the store may be closing; the next save catches up
-                log.warning("mirror: cannot save counters: %s", err)
+            await asyncio.sleep(PUBLISH_INTERVAL_S)
+            ticks += 1
+            if self.counters != last or self.fetcher.flights:
+                last = msgspec.structs.replace(self.counters)
+                if events.subscribers:
+                    events.publish("mirror", await self.status())
+            if ticks % round(SAVE_INTERVAL_S / PUBLISH_INTERVAL_S) == 0:
+                try:
+                    await self.save_counters()
+                except Exception as err:  # the store may be closing; the next save catches up
+                    log.warning("mirror: cannot save counters: %s", err)
 
 
 def _size_of(path: Path) -> int | None:
@@ -204,7 +238,7 @@ async def mirror_ctx(app: web.Application) -> AsyncIterator[None]:
     mirror = Mirror(settings, cache, app[CLIENT], app[STORE], app[METRICS].registry, needed)
     await mirror.load_counters()
     app[MIRROR] = mirror
-    saver = asyncio.create_task(mirror.run_saver(), name="mirror-counters")
+    saver = asyncio.create_task(mirror.run_saver(app[EVENTS]), name="mirror-counters")
     yield
     saver.cancel()
     await asyncio.gather(saver, return_exceptions=True)
