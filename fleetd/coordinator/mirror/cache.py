@@ -144,7 +144,21 @@ class Cache:
 
     @property
     def bytes_cached(self) -> int:
-        return sum(self.sizes.values()) + sum(self.partial_bytes.values())
+        with self._lock:  # the dicts change in worker threads too
+            return sum(self.sizes.values()) + sum(self.partial_bytes.values())
+
+    def add(self, digest: str, size: int) -> None:
+        """A complete blob found on disk (moved there by ``fleetd mirror import``)."""
+        with self._lock:
+            self.sizes[digest] = size
+            self.used[digest] = time.monotonic()
+
+    def set_partial(self, digest: str, size: int | None) -> None:
+        with self._lock:
+            if size is None:
+                self.partial_bytes.pop(digest, None)
+            else:
+                self.partial_bytes[digest] = size
 
     def budget(self) -> int:
         """Bytes the cache may hold: ``max_bytes``, or what leaves 10 % of the disk free."""
@@ -164,14 +178,17 @@ class Cache:
         with self._lock:
             pinned = set(self.pins)
         pinned.update(self._digests_of(needed_models))
-        for digest in sorted(self.sizes, key=lambda d: self.used.get(d, 0.0)):
+        with self._lock:
+            oldest_first = sorted(self.sizes, key=lambda d: self.used.get(d, 0.0))
+        for digest in oldest_first:
             if self.bytes_cached + incoming <= budget:
                 break
             if digest in pinned:
                 continue
             self.blob_path(digest).unlink(missing_ok=True)
-            del self.sizes[digest]
-            self.used.pop(digest, None)
+            with self._lock:
+                self.sizes.pop(digest, None)
+                self.used.pop(digest, None)
             evicted.append(digest)
         return evicted
 
@@ -191,9 +208,11 @@ class Cache:
     def complete(self, digest: str, source: Path) -> None:
         """Move a checked file into place under its digest (atomic). Blocking."""
         os.replace(source, self.blob_path(digest))
-        self.partial_bytes.pop(digest, None)
-        self.sizes[digest] = self.blob_path(digest).stat().st_size
-        self.used[digest] = time.monotonic()
+        size = self.blob_path(digest).stat().st_size
+        with self._lock:
+            self.partial_bytes.pop(digest, None)
+            self.sizes[digest] = size
+            self.used[digest] = time.monotonic()
 
     def write_manifest(self, namespace: str, model: str, tag: str, body: bytes) -> None:
         """Atomically store a manifest. Blocking."""
@@ -223,16 +242,15 @@ class Cache:
                 continue
             ns, model, tag = path.relative_to(self.manifest_dir).parts
             blobs = manifest.blobs
-            complete = all(b.digest in self.sizes for b in blobs)
+            with self._lock:
+                complete = all(b.digest in self.sizes for b in blobs)
             out.append((model_name(ns, model, tag), sum(b.size for b in blobs), complete))
         return out
 
     def rescan(self) -> None:
         """Pick up blobs another process (``fleetd mirror import``) moved into place."""
-        now = time.monotonic()
         for entry in os.scandir(self.blob_dir):
             digest = "sha256:" + entry.name[7:]
             if entry.name.startswith("sha256-") and DIGEST.fullmatch(digest):
                 if digest not in self.sizes:
-                    self.sizes[digest] = entry.stat().st_size
-                    self.used[digest] = now
+                    self.add(digest, entry.stat().st_size)

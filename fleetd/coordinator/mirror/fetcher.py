@@ -146,7 +146,7 @@ class Fetcher:
             got = "sha256:" + flight.hasher.hexdigest()
             if got != flight.digest:
                 await asyncio.to_thread(flight.path.unlink, missing_ok=True)
-                self.cache.partial_bytes.pop(flight.digest, None)
+                self.cache.set_partial(flight.digest, None)
                 raise FetchError(
                     f"blob {flight.digest} from upstream failed its sha256 check (got {got}); "
                     "discarded, the next request fetches it again"
@@ -191,15 +191,15 @@ class Fetcher:
             fd = await asyncio.to_thread(_open_append, flight.path)
             try:
                 while True:
-                    await self.throttle.take(CHUNK)
                     chunk = await r.content.read(CHUNK)
                     if not chunk:
                         break
                     await asyncio.to_thread(_append, fd, chunk, flight.hasher)
                     flight.have += len(chunk)
-                    self.cache.partial_bytes[flight.digest] = flight.have
+                    self.cache.set_partial(flight.digest, flight.have)
                     self.on_upstream(len(chunk))
                     flight.publish()
+                    await self.throttle.take(len(chunk))
             finally:
                 await asyncio.to_thread(os.close, fd)
         if flight.size is not None and flight.have < flight.size:

@@ -168,6 +168,9 @@ async def _stream(
             pos += len(chunk)
     except ConnectionError:
         return  # the client left (Ollama closes the Location probe at once)
+    except FileNotFoundError:  # its fetch failed the check and was discarded: cut, as above
+        if request.transport is not None:
+            request.transport.abort()
     finally:
         if fd is not None:
             await asyncio.to_thread(os.close, fd)

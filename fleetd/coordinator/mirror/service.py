@@ -150,8 +150,7 @@ class Mirror:
             path = self.cache.blob_path(digest)
             size = await asyncio.to_thread(_size_of, path)
             if size is not None:  # imported while we ran
-                self.cache.sizes[digest] = size
-                self.cache.touch(digest)
+                self.cache.add(digest, size)
         if self.cache.has(digest) and digest not in self.fetcher.flights:
             self.cache.touch(digest)
             return self.cache.sizes[digest]
