@@ -28,8 +28,13 @@ def describe(task: dict[str, Any]) -> str:
     """What follows the bar: speed and ETA while downloading, the outcome once finished."""
     status = task.get("status", "?")
     if status == "downloading":
-        eta = tables.duration(task.get("eta_s"))
-        return f"{tables.speed(task.get('speed_bps')):>10}  ETA {eta}"
+        done, total = task.get("completed_bytes") or 0, task.get("total_bytes") or 0
+        text = f"{tables.size(done)} of {tables.size(total)}" if total else "downloading"
+        if task.get("speed_bps"):
+            text += f"  {tables.speed(task['speed_bps'])}"
+        if task.get("eta_s") is not None:
+            text += f"  ETA {tables.duration(task['eta_s'])}"
+        return text
     if status == "completed":
         start, end = (
             tables.parse_time(task.get("started_at")),

@@ -193,8 +193,11 @@ async def _report(ctx: click.Context, client: Client, data: dict[str, Any], wait
         for p in problems:
             warn(f"error: {p}")
     if wait and ordered:
-        board = Board(ordered, names, tty=stdout_is_tty() and not as_json(ctx), write=_write)
-        if not as_json(ctx):
+        shown = not as_json(ctx)
+        board = Board(
+            ordered, names, tty=stdout_is_tty() and shown, write=_write if shown else _mute
+        )
+        if shown:
             click.echo(f"{ordered[0]['model']} onto {len(ordered)} agent(s):")
             board.draw(force=True)
         await watch(client, board, ordered[0]["model"])
@@ -221,3 +224,7 @@ async def _report(ctx: click.Context, client: Client, data: dict[str, Any], wait
 
 def _write(text: str) -> None:
     click.echo(text, nl=False)
+
+
+def _mute(text: str) -> None:
+    pass
