@@ -212,7 +212,9 @@ class Client:
         except aiohttp.ClientConnectorError as e:
             raise CtlError(f"coordinator unreachable at {self.url}: {_reason(e)}") from None
         except (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
-            return
+            return  # the stream ended or went silent: the caller opens it again
+        except aiohttp.ClientError as e:
+            raise CtlError(f"reading events from {self.url}: {_reason(e)}") from None
 
 
 def _reason(e: BaseException) -> str:

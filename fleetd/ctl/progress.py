@@ -111,10 +111,11 @@ async def watch(client: Client, board: Board, model: str) -> None:
     event stream, the tasks are read once, so nothing that happened before is missed."""
     tries = 0
     while True:
+        opened = False
         try:
             async for kind, obj in client.events():
                 if kind == "open":
-                    tries = 0
+                    opened = True
                     listed = await client.call("GET", "/api/tasks", params={"model": model})
                     for t in listed.get("tasks", []):
                         board.update(t)
@@ -127,7 +128,8 @@ async def watch(client: Client, board: Board, model: str) -> None:
                     board.draw(force=True)
                     return
         except CtlError:
-            tries += 1
-            if tries >= RECONNECT_TRIES:
+            if tries + 1 >= RECONNECT_TRIES:
                 raise
+        # A coordinator restarting is worth waiting for; one gone for good is an error.
+        tries = 0 if opened else tries + 1
         await asyncio.sleep(RECONNECT_S)

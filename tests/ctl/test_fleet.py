@@ -12,8 +12,8 @@ import httpx
 
 from tests.conftest import Fleet
 from tests.ctl.conftest import Result, ctl, two_agent_fleet
-from tests.distribution.conftest import SLOW, SMALL, tasks
-from tests.procs import ADMIN_TOKEN
+from tests.distribution.conftest import SLOW, SMALL, restart_coordinator, tasks
+from tests.procs import ADMIN_TOKEN, wait_until
 
 EXTRA = "nomic-embed-text:latest"
 
@@ -149,3 +149,33 @@ def _on_a_terminal(args: list[str]) -> Result:
     code = p.wait(60)
     assert "Traceback" not in err, err
     return Result(code, b"".join(chunks).decode().replace("\r\n", "\n"), err)
+
+
+def test_distribute_wait_rides_out_a_coordinator_restart(fleet: Fleet) -> None:
+    c, _, _ = two_agent_fleet(fleet, *SLOW, "--bandwidth", "500KB")  # about 6 s each
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETD_")}
+    env["FLEETD_ADMIN_TOKEN"] = ADMIN_TOKEN
+    argv = [sys.executable, "-m", "fleetd", "ctl", "--coordinator", c.url]
+    waiting = subprocess.Popen(
+        [*argv, "distribute", EXTRA, "--all", "--wait"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
+    try:
+        wait_until(
+            lambda: len(tasks(c, model=EXTRA, status="downloading")) == 2,
+            what="both downloads running",
+        )
+        assert c.stop() == 0
+        restart_coordinator(fleet, c, supported_models=SMALL)
+        out, err = waiting.communicate(timeout=60)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.communicate()
+    assert waiting.returncode == 0, out + err
+    final = {ln.split()[0]: ln for ln in out.splitlines()[1:]}
+    assert sorted(final) == ["gpu-0", "gpu-1"]
+    assert all("100%" in ln and "completed" in ln for ln in final.values())
