@@ -176,8 +176,9 @@ class Client:
                 f"the coordinator at {self.url} refused the admin token (HTTP {status}); "
                 "check FLEETD_ADMIN_TOKEN or the token file"
             )
-        # A missing route is aiohttp's 404/405, not a fleetd error such as unknown_agent.
-        if status == 405 or (status == 404 and code in ("not_found", "")):
+        # A missing route is aiohttp's 404/405 (fleetd words it "no route for …"), not an
+        # answer of the route itself such as unknown_agent.
+        if status == 405 or (status == 404 and (not code or message.startswith("no route"))):
             if feature:
                 return Unsupported(feature)
             return CtlError(
@@ -195,26 +196,36 @@ class Client:
                 if r.status >= 400:
                     raise self._http_error("GET", "/api/events", r.status, await r.read(), "")
                 yield "open", {}
-                kind = ""
-                async for raw in r.content:
-                    line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
-                    if line.startswith("event:"):
-                        kind = line[6:].strip()
-                    elif line.startswith("data:") and kind:
-                        try:
-                            obj = json.loads(line[5:])
-                        except ValueError:
-                            continue
-                        if isinstance(obj, dict):
-                            yield kind, obj
-                    elif not line:
-                        kind = ""
+                kind, buf = "", b""
+                # Split by hand: aiohttp's line iterator refuses lines past 128 KiB, and an
+                # agent object with many models may be long.
+                async for chunk in r.content.iter_any():
+                    buf += chunk
+                    while b"\n" in buf:
+                        raw, buf = buf.split(b"\n", 1)
+                        line = raw.decode("utf-8", errors="replace").rstrip("\r")
+                        if line.startswith("event:"):
+                            kind = line[6:].strip()
+                        elif line.startswith("data:") and kind:
+                            obj = _object(line[5:])
+                            if obj is not None:
+                                yield kind, obj
+                        elif not line:
+                            kind = ""
         except aiohttp.ClientConnectorError as e:
             raise CtlError(f"coordinator unreachable at {self.url}: {_reason(e)}") from None
         except (asyncio.TimeoutError, aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError):
             return  # the stream ended or went silent: the caller opens it again
         except aiohttp.ClientError as e:
             raise CtlError(f"reading events from {self.url}: {_reason(e)}") from None
+
+
+def _object(text: str) -> dict[str, Any] | None:
+    try:
+        obj = json.loads(text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
 
 
 def _reason(e: BaseException) -> str:
