@@ -27,14 +27,18 @@ class Result:
         return json.loads(self.out)
 
 
-def ctl(url: str | None, *args: str, token: str | None = ADMIN_TOKEN, **env: str) -> Result:
+def ctl(url: str | None, *args: str, token: str | None = ADMIN_TOKEN) -> Result:
     """``fleetd ctl [--coordinator url] args…`` with the admin token in the environment."""
-    full = {k: v for k, v in os.environ.items() if not k.startswith("FLEETD_")}
+    return fleetd("ctl", *(["--coordinator", url] if url else []), *args, token=token)
+
+
+def fleetd(*args: str, token: str | None = ADMIN_TOKEN) -> Result:
+    """``python -m fleetd args…`` with no FLEETD_* variable but the admin token."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETD_")}
     if token is not None:
-        full["FLEETD_ADMIN_TOKEN"] = token
-    full.update(env)
-    argv = [sys.executable, "-m", "fleetd", "ctl", *(["--coordinator", url] if url else []), *args]
-    p = subprocess.run(argv, capture_output=True, text=True, env=full, timeout=120)
+        env["FLEETD_ADMIN_TOKEN"] = token
+    argv = [sys.executable, "-m", "fleetd", *args]
+    p = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=120)
     assert "Traceback" not in p.stderr, p.stderr
     return Result(p.returncode, p.stdout, p.stderr)
 

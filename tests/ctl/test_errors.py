@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 from tests.conftest import Fleet
-from tests.ctl.conftest import ctl, two_agent_fleet
+from tests.ctl.conftest import ctl, fleetd, two_agent_fleet
 from tests.distribution.conftest import SMALL
 from tests.procs import write_toml
 
@@ -24,6 +24,9 @@ def test_unreachable_coordinator_is_one_line() -> None:
         r = ctl(url, *args)
         assert (r.code, r.out) == (1, ""), args
         assert r.err == f"fleetd ctl: coordinator unreachable at {url}: connection refused\n"
+    # fleetd's own --coordinator (an agent flag) before `ctl` is honoured too.
+    r = fleetd("--coordinator", url, "ctl", "agents")
+    assert r.err == f"fleetd ctl: coordinator unreachable at {url}: connection refused\n"
     r = ctl("localhost:8080", "agents")
     assert r.err == (
         "fleetd ctl: --coordinator: expected an http:// or https:// URL, got 'localhost:8080'\n"

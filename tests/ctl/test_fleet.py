@@ -179,3 +179,21 @@ def test_distribute_wait_rides_out_a_coordinator_restart(fleet: Fleet) -> None:
     final = {ln.split()[0]: ln for ln in out.splitlines()[1:]}
     assert sorted(final) == ["gpu-0", "gpu-1"]
     assert all("100%" in ln and "completed" in ln for ln in final.values())
+
+
+def test_tasks_cancel_and_retry_by_id_prefix(fleet: Fleet) -> None:
+    c, _, _ = two_agent_fleet(fleet, *SLOW, "--bandwidth", "200KB")  # a long download
+    r = ctl(c.url, "distribute", EXTRA, "--agent", "gpu-0", "--json")
+    [task] = r.json()["tasks"]
+    r = ctl(c.url, "tasks", "cancel", task["id"][:6])
+    assert (r.code, r.out.strip()) == (0, f"task {task['id']} ({EXTRA}): cancelled"), r.err
+    assert (
+        ctl(c.url, "tasks", "--status", "cancelled", "--json").json()["tasks"][0]["id"]
+        == (task["id"])
+    )
+    r = ctl(c.url, "tasks", "cancel", task["id"][:6])
+    assert (r.code, r.err.strip()) == (1, f"fleetd ctl: task {task['id']} is already cancelled")
+    r = ctl(c.url, "tasks", "retry", task["id"])
+    assert r.code == 0, r.err
+    assert r.out.startswith(f"task {task['id']} ({EXTRA}): ")
+    assert tasks(c, model=EXTRA)[0]["attempt"] == 1
