@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,27 @@ def start_agent(fleet: Fleet, coord: Proc, name: str, *sim_args: str) -> tuple[P
     return sim, agent
 
 
+WEB = Path(__file__).resolve().parents[2] / "fleetd" / "web"
+
+
+def served_modules(client: httpx.Client) -> set[str]:
+    """The dashboard's ES modules reachable from the page's script, each checked to be served
+    as JavaScript (browsers refuse to run a module script of any other type)."""
+    page = client.get("/").text
+    todo = re.findall(r'<script type="module" src="/static/([\w.]+)"', page)
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        resp = client.get(f"/static/{name}")
+        assert resp.status_code == 200, name
+        assert resp.headers["content-type"].startswith("text/javascript"), name
+        todo += re.findall(r'^import .* from "\./([\w.]+)";$', resp.text, re.M)
+    return seen
+
+
 def agent_row(ui: Ui, name: str) -> Any:
     return ui.page.locator("table.agents tbody tr", has=ui.page.get_by_role("link", name=name))
 
@@ -40,6 +62,7 @@ def test_without_login_no_fleet_data_is_served(fleet: Fleet) -> None:
         assert page.status_code == 200 and "secret-gpu-7" not in page.text
         csp = page.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert served_modules(anon) == {f.name for f in WEB.glob("*.js")}
         assert anon.get("/api/agents").status_code == 401
         assert anon.get("/api/events").status_code == 401
         assert anon.get("/api/tasks").status_code == 401
