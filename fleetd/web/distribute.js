@@ -5,7 +5,7 @@ import { api } from "./api.js";
 import { badge, bar, byId, fmtAgo, fmtBytes, fmtPct, h, notice } from "./dom.js";
 import { loadDetail } from "./load.js";
 import { liveWidgets, render } from "./render.js";
-import { S, agentName, agentState, sortedAgents, supportedSet, tagList, upsertTask } from "./state.js";
+import { S, agentName, agentState, mergeTask, sortedAgents, supportedSet, tagList } from "./state.js";
 
 function defaultTag(m, tags) {
   const names = tags.map((t) => t.name);
@@ -130,7 +130,7 @@ export async function distribute(req, panel) {
     }
     res = e.data; // refused for every target (offline agents): show why, and what to do
   }
-  for (const t of res.tasks || []) upsertTask(t);
+  for (const t of res.tasks || []) mergeTask(t);
   panel.replaceChildren(...distResult(req, res));
   render();
 }

@@ -5,7 +5,7 @@
 import { byId } from "./dom.js";
 import { loadSnapshot } from "./load.js";
 import { renderLive } from "./render.js";
-import { upsertAgent, upsertTask } from "./state.js";
+import { mergeAgent, mergeTask } from "./state.js";
 
 let es = null;
 let retryTimer = 0;
@@ -28,11 +28,11 @@ export function connectEvents(recheck) {
     loadSnapshot();
   });
   source.addEventListener("agent", (e) => {
-    upsertAgent(JSON.parse(e.data));
+    mergeAgent(JSON.parse(e.data));
     renderLive();
   });
   source.addEventListener("task", (e) => {
-    upsertTask(JSON.parse(e.data));
+    mergeTask(JSON.parse(e.data));
     renderLive();
   });
   source.addEventListener("error", () => {

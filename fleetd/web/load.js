@@ -4,12 +4,13 @@
 import { api } from "./api.js";
 import { byId, h } from "./dom.js";
 import { render } from "./render.js";
-import { S, setSnapshot, tagList } from "./state.js";
+import { S, setSnapshot, snapshotMark, tagList } from "./state.js";
 
 export async function loadSnapshot() {
+  const mark = snapshotMark();
   try {
     const [agents, tasks] = await Promise.all([api("/api/agents"), api("/api/tasks")]);
-    setSnapshot(agents.agents || [], tasks.tasks || []);
+    setSnapshot(mark, agents.agents || [], tasks.tasks || []);
   } catch (e) {
     S.loadError = e.message;
   }

@@ -21,29 +21,72 @@ export const S = {
   installedStale: new Set(),
 };
 
-export function upsertTask(t) {
-  if (!t || !t.id) return;
-  const prev = S.tasks.get(t.id);
-  S.tasks.set(t.id, t);
-  if (!prev || prev.status !== t.status) {
+/* Copies of one agent or task arrive by several ways and out of order: the reply to the POST
+   that created a download can come after the SSE message saying it already failed. Each copy
+   carries the server's `revision`, which grows with every change of the object, so a copy
+   replaces the one held only when it is not older. */
+function notOlder(next, prev) {
+  return !prev || !(next.revision < prev.revision);
+}
+
+// When each held copy was merged (a count of merges), so that a snapshot read before a copy
+// arrived cannot drop it.
+let merges = 0;
+const mergedAt = new WeakMap();
+
+function take(map, obj) {
+  const prev = map.get(obj.id);
+  if (!notOlder(obj, prev)) return null;
+  map.set(obj.id, obj);
+  merges += 1;
+  mergedAt.set(obj, merges);
+  return { prev };
+}
+
+/* Merges a task copy; false when the held copy is newer. */
+export function mergeTask(t) {
+  if (!t || !t.id) return false;
+  const took = take(S.tasks, t);
+  if (!took) return false;
+  if (!took.prev || took.prev.status !== t.status) {
     S.matrixStale = true;
     if (t.status === "completed") S.installedStale.add(t.agent_id);
   }
+  return true;
 }
 
-export function upsertAgent(a) {
-  if (!a || !a.id) return;
-  const prev = S.agents.get(a.id);
-  S.agents.set(a.id, a);
+/* Merges an agent copy; false when the held copy is newer. */
+export function mergeAgent(a) {
+  if (!a || !a.id) return false;
+  const took = take(S.agents, a);
+  if (!took) return false;
+  const prev = took.prev;
   if (!prev || prev.status !== a.status || prev.name !== a.name) S.matrixStale = true;
+  return true;
 }
 
-/* The full lists, read again after (re)connecting the event stream. */
-export function setSnapshot(agents, tasks) {
-  S.agents = new Map();
-  S.tasks = new Map();
-  for (const a of agents) S.agents.set(a.id, a);
-  for (const t of tasks) S.tasks.set(t.id, t);
+/* Taken just before the full lists are requested; passed to setSnapshot with them. */
+export function snapshotMark() {
+  return merges;
+}
+
+function fromSnapshot(held, fresh, mark) {
+  const out = new Map();
+  for (const obj of fresh) {
+    const prev = held.get(obj.id);
+    out.set(obj.id, notOlder(obj, prev) ? obj : prev);
+  }
+  for (const [id, obj] of held) {
+    if (!out.has(id) && mergedAt.get(obj) > mark) out.set(id, obj); // newer than the snapshot
+  }
+  return out;
+}
+
+/* The full lists, read again after (re)connecting the event stream: they replace what is held,
+   except copies newer than they are. */
+export function setSnapshot(mark, agents, tasks) {
+  S.agents = fromSnapshot(S.agents, agents, mark);
+  S.tasks = fromSnapshot(S.tasks, tasks, mark);
   S.loaded = true;
   S.loadError = "";
   S.matrixStale = true;

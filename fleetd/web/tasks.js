@@ -4,7 +4,7 @@
 import { api } from "./api.js";
 import { badge, bar, byId, fmtBytes, fmtEta, fmtPct, fmtSpeed, h, notice, pageHead, table, timeEl } from "./dom.js";
 import { filterInput, loadingOr, pager, render } from "./render.js";
-import { ACTIVE, S, TASK_STATES, agentName, upsertTask } from "./state.js";
+import { ACTIVE, S, TASK_STATES, agentName, mergeTask } from "./state.js";
 
 export function sortTasks(tasks) {
   const rank = (t) =>
@@ -15,7 +15,7 @@ export function sortTasks(tasks) {
 async function taskAction(task, action, button) {
   button.disabled = true;
   try {
-    upsertTask(await api(`/api/tasks/${encodeURIComponent(task.id)}/${action}`, { method: "POST" }));
+    mergeTask(await api(`/api/tasks/${encodeURIComponent(task.id)}/${action}`, { method: "POST" }));
   } catch (e) {
     alertBox(`Could not ${action} the download of ${task.model}: ${e.message}`);
   } finally {
