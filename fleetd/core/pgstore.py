@@ -129,7 +129,9 @@ class PgStore:
     async def open(self) -> None:
         self.pool = await asyncpg.create_pool(
             self.url,
-            min_size=1,
+            # No connection floor: asyncpg would refill it in the background while the
+            # server is down, logging a traceback each time; requests reconnect on their own.
+            min_size=0,
             max_size=self._max,
             timeout=CONNECT_TIMEOUT_S,
             command_timeout=COMMAND_TIMEOUT_S,
