@@ -133,7 +133,7 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc))
 
 
-def _check_database_url(key: str, value: str) -> None:
+def check_database_url(key: str, value: str) -> None:
     if value == "":
         return
     if not re.match(r"^postgres(ql)?://", value):
@@ -178,7 +178,7 @@ def validate(cfg: Config) -> Config:
     c.supported_models = normalized
     _check_url("coordinator.library_url", c.library_url)
     _check_url("coordinator.registry_url", c.registry_url)
-    _check_database_url("coordinator.database_url", c.database_url)
+    check_database_url("coordinator.database_url", c.database_url)
     _check_url("agent.coordinator_url", a.coordinator_url)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
     _check_url("agent.registry_url", a.registry_url)
