@@ -103,8 +103,8 @@ def describe(e: BaseException, url: str) -> str:
         password = urlsplit(url).password
     except ValueError:
         password = None
-    for secret in {password, unquote(password or "")} - {None, ""}:
-        text = text.replace(secret, "***")  # type: ignore[arg-type]
+    for secret in {p for p in (password, unquote(password or "")) if p}:
+        text = text.replace(secret, "***")
     return text
 
 
@@ -194,7 +194,7 @@ class PgStore:
     # -- writes --------------------------------------------------------------------------
 
     async def _submit(self, op: Callable[[Conn], Awaitable[None]]) -> None:
-        if self._closed:
+        if self._closed or self._writer is None or self._writer.done():
             raise RuntimeError("store is closed")
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._pending.append((op, fut))
