@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
+from click.testing import CliRunner
 
+from fleetd.cli import main
 from tests.conftest import Fleet
 from tests.distribution.conftest import (
     PREINSTALLED,
@@ -111,3 +114,25 @@ def test_a_wrong_database_url_exits_1_with_one_line(fleet: Fleet, postgres: PgSe
     assert "coordinator.database_url = 'postgresql://fleetd:***@127.0.0.1:" in lines[0]
     assert "password authentication failed" in lines[0]
     assert "not-the-password" not in c.log and "Traceback" not in c.log
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--from", "/nonexistent", "--to", "postgresql://u@h/d"], "no SQLite database there"),
+        (
+            ["--from", ".", "--to", "mysql://u:hunter2@h/d"],
+            "--to: expected a postgresql:// URL (or empty for SQLite in data_dir), "
+            "got 'mysql://u:***@h/d'",
+        ),
+    ],
+)
+def test_migrate_sqlite_bad_arguments_are_one_line(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    (tmp_path / "fleetd.db").touch()
+    args = [str(tmp_path) if a == "." else a for a in args]
+    result = CliRunner().invoke(main, ["db", "migrate-sqlite", *args])
+    assert result.exit_code == 1
+    assert message in result.output
+    assert "hunter2" not in result.output and "Traceback" not in result.output
