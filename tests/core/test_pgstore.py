@@ -87,6 +87,20 @@ async def test_writes_fail_with_503_while_the_server_is_down_then_recover(
     await s.close()
 
 
+async def test_the_first_write_after_a_quick_restart_succeeds(
+    postgres: PgServer, pg_url: str
+) -> None:
+    """Pooled connections died with the server; the first call after it is back must not
+    fail on one of them."""
+    s = await open_pg_store(pg_url, "coordinator.database_url")
+    await s.set_kv("k", b"1")
+    postgres.stop()
+    postgres.start()
+    await s.set_kv("k", b"2")
+    assert await s.get_kv("k") == b"2"
+    await s.close()
+
+
 @pytest.mark.parametrize("what", ["password", "database", "port"])
 async def test_a_wrong_url_is_one_line_naming_the_key_without_the_password(
     postgres: PgServer, pg_url: str, what: str
