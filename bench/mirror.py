@@ -37,7 +37,7 @@ FULL_SIZE = 13_793_441_244
 ADMIN = "bench-admin-token"
 
 
-async def start(tmp: Path, upstream_bps: float, scale: float) -> tuple[Proc, Proc]:
+async def start(tmp: Path, upstream_bps: float, scale: float, cap: int) -> tuple[Proc, Proc]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "FLEETD_ADMIN_TOKEN": ADMIN}
     env["FLEETD_AGENT_TOKEN"] = "bench-agent-token"
     up = await spawn(
@@ -47,7 +47,10 @@ async def start(tmp: Path, upstream_bps: float, scale: float) -> tuple[Proc, Pro
     async with aiohttp.ClientSession() as s:
         await (await s.post(up.url + "/_sim/registry", json={"bandwidth_bps": upstream_bps})).read()
     config = tmp / "coordinator.toml"
-    config.write_text(f'[coordinator]\nregistry_url = "{up.url}"\n[coordinator.mirror]\n')
+    config.write_text(
+        f'[coordinator]\nregistry_url = "{up.url}"\n'
+        f"[coordinator.mirror]\nupstream_bandwidth_bps = {cap}\n"
+    )
     c = await spawn(
         "coordinator", "-m", "fleetd", "--role", "coordinator", "--config", str(config),
         "--listen", "127.0.0.1:0", "--data-dir", str(tmp / "data"), env=env,
@@ -97,9 +100,11 @@ async def one_agent(
     return got
 
 
-async def round_(n: int, upstream_bps: float, scale: float, sample: bool) -> dict[str, float]:
+async def round_(
+    n: int, upstream_bps: float, scale: float, sample: bool, cap: int = 0
+) -> dict[str, float]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-mirror-"))
-    up, c = await start(tmp, upstream_bps, scale)
+    up, c = await start(tmp, upstream_bps, scale, cap)
     part_min, part_max = max(1, int(100e6 * scale)), max(1, int(1e9 * scale))
     pid = c.proc.pid
     conn = aiohttp.TCPConnector(limit=0)
@@ -171,6 +176,13 @@ async def main(args: argparse.Namespace) -> None:
             f"coordinator serving 10 agents: {r['cpu_pct']:.0f} % of a core, RSS "
             f"{r['rss0_mb']:.0f} MB before, {r['rss_peak_mb']:.0f} MB at most"
         )
+    if args.cap:
+        r = await round_(1, 0, scale, sample=False, cap=args.cap)
+        rate = r["model_mb"] * 1e6 / r["seconds"]
+        print(
+            f"upstream_bandwidth_bps = {args.cap:g}, upstream unthrottled: 1 agent got the model "
+            f"at {rate / 1e6:.1f} MB/s ({rate / args.cap:.2f}x the cap)"
+        )
 
 
 if __name__ == "__main__":
@@ -178,4 +190,5 @@ if __name__ == "__main__":
     p.add_argument("--agents", type=lambda v: [int(x) for x in v.split(",")], default=[10, 100])
     p.add_argument("--model-mb", type=float, default=50.0, help="model size after scaling")
     p.add_argument("--upstream", type=float, default=20e6, help="upstream bytes/s")
+    p.add_argument("--cap", type=int, default=0, help="also measure upstream_bandwidth_bps")
     asyncio.run(main(p.parse_args()))
