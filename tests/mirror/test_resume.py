@@ -48,3 +48,27 @@ def test_resume_after_kill_9(fleet: Fleet) -> None:
     assert int(m.group(1)) >= size // 3
     assert upstream_served(up) - before <= size - int(m.group(1))  # nothing fetched twice
     assert upstream_served(up) <= size * 1.05
+
+
+def test_a_partial_that_is_already_whole_is_checked_not_fetched_again(fleet: Fleet) -> None:
+    """Killed after the last byte but before the rename: upstream answers the resume with
+    416, and the bytes on disk are checked and kept."""
+    up = upstream(fleet)
+    layer = manifest(up)["layers"][0]
+    body = httpx.get(
+        f"{up.url}/v2/{REPO}/blobs/{layer['digest']}", follow_redirects=True, timeout=10
+    ).content
+    c = mirror_coordinator(fleet, up.url)
+    c.stop()
+    blobs = c.data_dir / "mirror" / "blobs"  # type: ignore[attr-defined]
+    (blobs / (layer["digest"].replace(":", "-") + ".partial")).write_bytes(body)
+    before = upstream_served(up)
+    again = fleet.coordinator(
+        data_dir=c.data_dir,  # type: ignore[attr-defined]
+        registry_url=up.url,
+        mirror={"enabled": True},
+    )
+    got = httpx.get(f"{again.url}/v2/{REPO}/blobs/{layer['digest']}", timeout=30).content
+    assert sha256(got) == layer["digest"]
+    assert upstream_served(up) == before
+    assert (blobs / layer["digest"].replace(":", "-")).exists()

@@ -170,8 +170,9 @@ class Fetcher:
         """One upstream request from ``have`` to the end, appended to the partial file."""
         headers = {"Range": f"bytes={flight.have}-"} if flight.have else {}
         async with self.session.get(url, headers=headers, timeout=TIMEOUT) as r:
-            if r.status == 416 and flight.size is not None and flight.have >= flight.size:
-                return  # everything was already on disk
+            if r.status == 416 and flight.have > 0 and flight.have >= (flight.size or 0):
+                flight.size = flight.size or flight.have
+                return  # everything was already on disk (killed before the rename)
             if r.status not in (200, 206):
                 body = (await r.content.read(300)).decode(errors="replace")
                 message = f"blob {flight.digest}: upstream {url}: HTTP {r.status}: {body.strip()}"
