@@ -95,12 +95,14 @@ def _speed(ctx: click.Context, param: click.Parameter, value: str) -> float:
 )
 @click.option(
     "--library-url",
-    default="https://ollama.com",
-    show_default=True,
+    default=None,
     metavar="URL",
-    help="Model library for the catalog (offline, it falls back to the fleet's models).",
+    help="Model library for the catalog (default: the simulated registry's own library pages, "
+    "so every listed model can be pulled; https://ollama.com lists the real library).",
 )
-def demo(agents: int, speed: float, listen: str, data_dir: str | None, library_url: str) -> None:
+def demo(
+    agents: int, speed: float, listen: str, data_dir: str | None, library_url: str | None
+) -> None:
     """Run a coordinator and agents on simulated GPUs and Ollama servers until Ctrl-C."""
     try:
         split_listen(listen)

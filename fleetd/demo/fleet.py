@@ -17,6 +17,7 @@ import msgspec
 
 from fleetd.config import DEFAULT_SUPPORTED_MODELS
 from fleetd.core.server import split_listen
+from fleetd.demo.banner import banner
 from fleetd.demo.processes import STOP_TIMEOUT_S, Child, DemoError, wait_stopped
 
 SIZE_SCALE = 0.01
@@ -89,7 +90,7 @@ class Demo:
         listen: str,
         data_dir: Path,
         keep: bool,
-        library_url: str,
+        library_url: str | None,
     ) -> None:
         self.agents = agents
         self.bandwidth_bps = bandwidth_bps
@@ -119,14 +120,14 @@ class Demo:
         await asyncio.to_thread(_make_dirs, self.data_dir, dirs)
         sims = [self._start_sim(n, h) for n, h in zip(names, hosts, strict=True)]
         sim_urls = await asyncio.gather(*(s.wait_url() for s in sims))
-        coordinator = await self._start_coordinator(sim_urls[0])
+        coordinator = await self._start_coordinator(sim_urls[0], self.library_url or sim_urls[0])
         admin_token, agent_token = await asyncio.to_thread(self._tokens)
         agent_procs = [
             await self._start_agent(n, h, url, coordinator.url, agent_token)
             for n, h, url in zip(names, hosts, sim_urls, strict=True)
         ]
         await asyncio.gather(*(a.wait_url() for a in agent_procs))
-        self._banner(coordinator.url, admin_token)
+        click.echo(banner(coordinator.url, admin_token, self.agents, self.data_dir / "logs"))
         await self._watch(coordinator.url, admin_token)
 
     def _start_sim(self, name: str, host: Host) -> Child:
@@ -153,7 +154,7 @@ class Demo:
             ],
         )
 
-    async def _start_coordinator(self, registry_url: str) -> Child:
+    async def _start_coordinator(self, registry_url: str, library_url: str) -> Child:
         listen = self.listen
         if listen == DEFAULT_LISTEN and not await asyncio.to_thread(_port_free, listen):
             self._say(f"{listen} is busy; the coordinator takes a free port instead")
@@ -163,7 +164,7 @@ class Demo:
             "[coordinator]\n"
             f"listen = {_toml(listen)}\n"
             f"data_dir = {_toml(str(self.data_dir / 'coordinator'))}\n"
-            f"library_url = {_toml(self.library_url)}\n"
+            f"library_url = {_toml(library_url)}\n"
             f"registry_url = {_toml(registry_url)}\n"
         )
         await asyncio.to_thread(_write, config, text)
@@ -210,23 +211,6 @@ class Demo:
             f"agent-{name}",
             ["--role", "agent", "--config", str(config)],
             {"FLEETD_AGENT_TOKEN": agent_token},
-        )
-
-    def _banner(self, url: str, admin_token: str) -> None:
-        model = DEFAULT_SUPPORTED_MODELS[0]
-        body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-        click.echo(
-            f"\nfleetd demo: a coordinator and {self.agents} agent(s) on simulated GPUs, each "
-            "with a simulated Ollama.\n\n"
-            f"  Dashboard:    {url}/?token={admin_token}\n"
-            f"  Admin token:  {admin_token}\n"
-            f"  OpenAI API:   {url}/v1\n"
-            f"  Logs:         {self.data_dir / 'logs'}\n\n"
-            "Each agent now downloads the supported models and keeps them resident; the first "
-            "should be ready in about a minute. Then try:\n"
-            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-            f"       -d '{body}'\n\n"
-            "Press Ctrl-C to stop.\n"
         )
 
     async def _watch(self, url: str, admin_token: str) -> None:
