@@ -4,6 +4,7 @@ message is found in one string literal of fleetd's source, ``…`` standing for 
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from pathlib import Path
 
@@ -42,17 +43,45 @@ def quotes(text: str) -> list[str]:
     return out
 
 
+PREFIXES = ("Error: ", "fleetd ctl: ")
+"""Put in front of a message by click and by ``fleetd ctl``, each from its own literal."""
+
+
+def _words_shared(quote: str, literal: str) -> int:
+    """How many of the quote's characters the literal's own text matches, over the best way
+    for some text to fit both (-1 if none does): ``…`` in the quote and ``\\0`` in the literal
+    stand for any text, and the quote may stop before the literal ends."""
+    a, b = quote + "…", literal
+
+    @functools.cache
+    def best(i: int, j: int) -> int:
+        if i == len(a):
+            return 0 if j == len(b) else -1
+        options = []
+        if a[i] == "…":
+            options += [best(i + 1, j), best(i, j + 1) if j < len(b) else -1]
+        elif j < len(b) and b[j] == "\0":
+            options += [best(i, j + 1), best(i + 1, j)]
+        elif j < len(b) and a[i] == b[j]:
+            after = best(i + 1, j + 1)
+            options.append(after + 1 if after >= 0 else -1)
+        return max(options, default=-1)
+
+    return best(0, 0)
+
+
 def in_one_literal(quote: str, texts: list[str]) -> bool:
-    parts = [p for p in quote.removeprefix("Error: ").split("…") if p.strip()]
+    for prefix in PREFIXES:
+        quote = quote.removeprefix(prefix)
+    # Cheap filter first: the quote's longest constant part is in the literal, or (the quote
+    # holds example values) some constant part of the literal is in the quote.
+    longest = max(quote.split("…"), key=len)
+    need = len(quote.replace("…", "")) / 2  # mostly the literal's own words, not values
     for text in texts:
-        at = 0
-        for part in parts:
-            at = text.find(part, at)
-            if at < 0:
-                break
-            at += len(part)
-        else:
-            return True
+        pieces = [p for p in text.split("\0") if len(p) >= 4]
+        if longest in text or any(p in quote for p in pieces):
+            if _words_shared(quote, text) >= need:
+                return True
     return False
 
 
@@ -61,4 +90,7 @@ def test_troubleshooting_quotes_real_messages() -> None:
     found = quotes(DOC.read_text(encoding="utf-8"))
     assert len(found) > 15, found
     missing = [q for q in found if not in_one_literal(q, texts)]
+    # The check itself: a changed word or an invented message is caught.
+    assert not in_one_literal("… cannot listen at …: …", texts)
+    assert not in_one_literal("task …: the flux capacitor is …", texts)
     assert not missing, f"quoted in {DOC.name} but printed nowhere by fleetd: {missing}"
