@@ -20,13 +20,14 @@ REGISTRY_UNREACHABLE = "registry_unreachable"
 
 async def check_registry(app: web.Application, model: str) -> dict[str, str] | None:
     """None when the registry has ``model``; a warning (code ``registry_unreachable``) when it
-    could not be asked; ``ApiError`` 404 ``model_not_in_registry`` when it answered no.
+    could not be asked or gave no registry's answer; ``ApiError`` 404 ``model_not_in_registry``
+    when it answered no (404 with ``MANIFEST_UNKNOWN`` or ``NAME_UNKNOWN``).
 
     The coordinator asks its own ``registry_url``; agents pull from theirs, normally the same.
     """
     registry = app[SETTINGS].registry_url
     try:
-        await manifest_size(app[CLIENT], registry, model)
+        await manifest_size(app[CLIENT], registry, model, sure=True)
     except CatalogNotFound:
         # Ollama's own words first, so clients that match on them still do.
         raise ApiError(

@@ -75,3 +75,17 @@ def test_unreachable_registry_orders_anyway_and_says_so(fleet: Fleet) -> None:
     r = _pull(url, "gpt-oss-safeguard:20b", False)  # not installed here: asks, cannot, pulls
     assert r.status_code == 200 and r.json()["status"] == "success", r.text
     assert [w["code"] for w in r.json()["warnings"]] == ["registry_unreachable"]
+
+
+def test_a_404_that_is_no_registrys_answer_is_not_a_no(fleet: Fleet) -> None:
+    """A registry_url that points at some other web server (a plain 404) cannot say a model
+    is unknown: the order goes ahead, with the warning."""
+    sim = fleet.sim("--preinstall", CHAT)
+    coord = fleet.coordinator(supported_models=[CHAT], registry_url=sim.url + "/not-a-registry")
+    fleet.agent(coord.url, sim.url, registry_url=sim.url)
+    wait_ready(coord, 1)
+    with admin(coord.url) as c:
+        r = c.post("/api/distributions", json={"model": NEW, "agents": "all"})
+        assert r.status_code == 200, r.text
+        assert len(r.json()["tasks"]) == 1
+        assert [w["code"] for w in r.json()["warnings"]] == ["registry_unreachable"]
