@@ -15,7 +15,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
 
 import aiohttp
@@ -33,7 +33,7 @@ from fleetd.core import proxy
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, Head, decode_head, request_model
-from fleetd.core.wire import Agent
+from fleetd.core.wire import TERMINAL, Agent, Task
 
 log = logging.getLogger("fleetd.gateway")
 
@@ -53,6 +53,17 @@ def unknown_model(model: str) -> ApiError:
 
 def models_starting(message: str) -> ApiError:
     return ApiError(503, "models_starting", message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def no_agent_has_model(model: str, offline: list[str]) -> ApiError:
+    """Waiting would not help: only agents that are offline (or gone) ever had the model."""
+    held = f" (only offline agents have it: {', '.join(offline[:5])})" if offline else ""
+    return ApiError(
+        503,
+        "no_agent_has_model",
+        f"no online agent has {model}{held}; it is not a supported model and no download of "
+        "it is under way, so no agent can serve it until one has it (pull it with /api/pull)",
+    )
 
 
 def _load(a: Agent, in_flight: int) -> Load:
@@ -113,6 +124,7 @@ class Gateway:
         balancer: Callable[[], Balancer],
         metrics: Metrics,
         installed: Mapping[str, Mapping[str, object]],
+        tasks: Iterable[Task] = (),
     ) -> None:
         self.registry = registry
         self.installed = installed
@@ -135,19 +147,41 @@ class Gateway:
         self._latency: dict[str, Histogram] = {}
         self._gauged: set[str] = set()
         self._flights: dict[str, set[_Flight]] = {}
+        self._active: dict[str, tuple[str, str]] = {}
+        """Unfinished download task id -> (agent id, model)."""
+        self.downloads: dict[str, int] = {}
+        """Model -> how many unfinished download tasks it has (a model on its way)."""
+        for t in tasks:
+            self.task_changed(t)
         registry.on_change.append(self.agent_changed)
         registry.on_offline.append(self.agent_offline)
 
     # -- pools, kept from registry events -------------------------------------------------
 
     def has_model(self, model: str) -> bool:
-        """Supported, or held by some agent whatever its state (so worth waiting for)."""
+        """Supported, or held by some agent whatever its state (else 404)."""
         return (
             model in self.supported
             or model in self._holders
             # Agents not heard from since this coordinator started are not in _holders.
             or any(model in models for models in self.installed.values())
         )
+
+    def _offline_holders(self, model: str) -> list[str] | None:
+        """None when ``model`` is on its way (supported, being downloaded, or held by an agent
+        that is online or not known to be offline): worth waiting for. Else the names of the
+        offline agents that hold it. O(agents), only when no agent can take the request."""
+        if model in self.supported or self.downloads.get(model):
+            return None
+        offline: list[str] = []
+        holders = [aid for aid, models in self._extra.items() if model in models]
+        holders += [aid for aid, models in self.installed.items() if model in models]
+        for agent_id in dict.fromkeys(holders):
+            a = self.registry.agents.get(agent_id)
+            if a is None or a.status == "online":
+                return None
+            offline.append(a.name)
+        return offline
 
     def _models(self, a: Agent) -> frozenset[str]:
         """The models other than the supported ones that ``a`` has (installed or loaded)."""
@@ -205,6 +239,19 @@ class Gateway:
             pool.update(a.id, load)
         if joined and self._waiters:
             self._wake()
+
+    def task_changed(self, t: Task) -> None:
+        """Distribution listener: keep count of the downloads under way per model."""
+        if t.status in TERMINAL:
+            if self._active.pop(t.id, None) is not None:
+                left = self.downloads[t.model] - 1
+                if left:
+                    self.downloads[t.model] = left
+                else:
+                    del self.downloads[t.model]
+        elif t.id not in self._active:
+            self._active[t.id] = (t.agent_id, t.model)
+            self.downloads[t.model] = self.downloads.get(t.model, 0) + 1
 
     def agent_offline(self, a: Agent) -> None:
         """Registry listener: end the requests still waiting on an agent that fell silent."""
@@ -284,6 +331,9 @@ class Gateway:
             return agent_id
         if not self.has_model(model):
             raise unknown_model(model)
+        offline = self._offline_holders(model)
+        if offline is not None:
+            raise no_agent_has_model(model, offline)
         if len(self._waiters) >= self.queue_limit:
             raise models_starting(
                 f"no agent is ready for {model} yet and {len(self._waiters)} requests are "
@@ -448,9 +498,17 @@ def gateway_ctx(
     """A cleanup_ctx entry, after the distribution's (it reads what agents have installed)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[GATEWAY] = Gateway(
-            app[SETTINGS], app[REGISTRY], balancer, app[METRICS], app[DISTRIBUTION].installed
+        dist = app[DISTRIBUTION]
+        gateway = Gateway(
+            app[SETTINGS],
+            app[REGISTRY],
+            balancer,
+            app[METRICS],
+            dist.installed,
+            dist.tasks.values(),
         )
+        dist.on_task.append(gateway.task_changed)
+        app[GATEWAY] = gateway
         yield
 
     return ctx
