@@ -155,6 +155,10 @@ class Gateway:
             self.task_changed(t)
         registry.on_change.append(self.agent_changed)
         registry.on_offline.append(self.agent_offline)
+        for a in list(registry.agents.values()):
+            # As the store knew them before a restart: an agent that was ready is a candidate
+            # until its first heartbeat says otherwise (a failure moves the request on).
+            self.agent_changed(a)
 
     # -- pools, kept from registry events -------------------------------------------------
 
@@ -339,6 +343,16 @@ class Gateway:
                 f"no agent is ready for {model} yet and {len(self._waiters)} requests are "
                 "already waiting (coordinator.queue_limit); models are starting, retry later"
             )
+        agent_id = await self._wait(model)
+        if agent_id is None:
+            raise models_starting(
+                f"no agent became ready for {model} within {self.queue_timeout_s:g}s "
+                "(coordinator.queue_timeout_s); models are starting, retry later"
+            )
+        return agent_id
+
+    async def _wait(self, model: str) -> str | None:
+        """Wait in the gate, at most ``queue_timeout_s``, for a candidate for ``model``."""
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         entry = (model, fut)
         self._waiters.append(entry)
@@ -356,10 +370,7 @@ class Gateway:
             return fut.result()
         fut.cancel()
         self._discard_waiter(entry)
-        raise models_starting(
-            f"no agent became ready for {model} within {self.queue_timeout_s:g}s "
-            "(coordinator.queue_timeout_s); models are starting, retry later"
-        )
+        return None
 
     def _discard_waiter(self, entry: tuple[str, asyncio.Future[str]]) -> None:
         try:
@@ -391,7 +402,9 @@ class Gateway:
 
     async def forward(self, request: web.Request, body: bytes, model: str) -> web.StreamResponse:
         """Send the request to a ready agent and relay its reply; one failover before the
-        first byte, onto another candidate, when the agent fails or answers 5xx."""
+        first byte, onto another candidate, when the agent fails or answers 5xx. With no
+        other candidate the request waits in the gate for one (at most ``queue_timeout_s``)
+        before the failure is relayed."""
         path = request.path
         started = time.monotonic()
         try:
@@ -407,7 +420,11 @@ class Gateway:
                 return await self._attempt(request, session, agent_id, body, headers, started)
             except _Retry as failure:
                 self.mark_suspect(agent_id, str(failure))
-                next_id = None if retried else self._pick(model)
+                next_id = None
+                if not retried:
+                    next_id = self._pick(model)
+                    if next_id is None and len(self._waiters) < self.queue_limit:
+                        next_id = await self._wait(model)
                 if next_id is None:
                     self._count(path, "agent_failed")
                     if failure.reply is not None:
