@@ -89,12 +89,13 @@ class _Flight:
     """One attempt in progress on an agent, so that it can be ended if the agent goes offline
     while it waits: a hung agent must not hold its clients until they give up."""
 
-    __slots__ = ("aborted", "task", "upstream")
+    __slots__ = ("aborted", "task", "upstream", "why")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.upstream: aiohttp.ClientResponse | None = None
         self.aborted = False
+        self.why = ""
 
     def abort(self, why: str) -> None:
         if self.upstream is None:
@@ -102,6 +103,7 @@ class _Flight:
             # attempt ends as a failure to retry on another agent.
             if self.task is not None and not self.aborted:
                 self.aborted = True
+                self.why = why
                 self.task.cancel()
         elif not self.upstream.content.is_eof():
             # Mid-reply: the relay sees a broken upstream and tells the client so.
@@ -270,6 +272,18 @@ class Gateway:
             why = f"agent {a.name} ({a.id}) went offline"
             for flight in list(flights):
                 flight.abort(why)
+
+    def agent_silent(self, a: Agent) -> None:
+        """Registry listener: ``a`` missed two heartbeats. No new requests go to it, and
+        those still waiting for its first byte move on; replies under way are left to run
+        until it goes offline (they cannot be moved)."""
+        why = f"agent {a.name} ({a.id}) missed two heartbeats"
+        self.mark_suspect(a.id, why)
+        waiting = [f for f in self._flights.get(a.id, ()) if f.upstream is None]
+        if waiting:
+            log.warning("moving %d request(s) waiting on agent %s elsewhere", len(waiting), a.id)
+        for flight in waiting:
+            flight.abort(why)
 
     def _leave(self, agent_id: str) -> None:
         for pool in self._member.pop(agent_id, ()):
@@ -464,7 +478,7 @@ class Gateway:
                 if not flight.aborted:
                     raise
                 _uncancel(flight.task)
-                raise _Retry(f"{what} went offline before answering") from None
+                raise _Retry(f"{flight.why} before answering") from None
             flight.upstream = upstream
             try:
                 if upstream.status >= 500:
@@ -525,6 +539,7 @@ def gateway_ctx(
             dist.tasks.values(),
         )
         dist.on_task.append(gateway.task_changed)
+        app[REGISTRY].on_silent.append(gateway.agent_silent)
         app[GATEWAY] = gateway
         yield
 

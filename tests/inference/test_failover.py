@@ -3,7 +3,11 @@ agent known ready before a coordinator restart is a candidate before its first h
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 import httpx
@@ -17,6 +21,7 @@ from tests.inference.conftest import (
     agents,
     requests_served,
     sim_post,
+    start,
     wait_ready,
 )
 from tests.procs import wait_until
@@ -78,4 +83,31 @@ def test_after_a_coordinator_restart_agents_ready_before_are_candidates(fleet: F
         r = chat(coord.url)
         assert r.status_code == 200, r.text
     assert requests_served(sims[1]) == 3
+    assert "Traceback" not in coord.log
+
+
+def test_requests_on_a_frozen_agent_move_on_once_it_misses_two_heartbeats(fleet: Fleet) -> None:
+    """A stopped agent (SIGSTOP) accepts connections but answers nothing, heartbeats
+    included: long before ``heartbeat_timeout_s`` it is suspect, the requests waiting for its
+    first byte go to the other agent, and it serves again once it heartbeats again."""
+    setup = start(fleet, 2, balancer="round-robin", heartbeat_timeout_s=120)
+    coord, frozen = setup.coordinator, setup.agents[0]
+    os.killpg(frozen.popen.pid, signal.SIGSTOP)
+    try:
+        with httpx.Client(timeout=30) as c, ThreadPoolExecutor(4) as pool:
+            body = {"model": CHAT, "messages": MESSAGES}
+            ask = partial(c.post, coord.url + "/v1/chat/completions", json=body)
+            codes = [f.result().status_code for f in [pool.submit(ask) for _ in range(4)]]
+    finally:
+        os.killpg(frozen.popen.pid, signal.SIGCONT)
+    assert codes == [200] * 4
+    assert requests_served(setup.sims[1]) == 4
+    assert "missed two heartbeats" in coord.log and "elsewhere" in coord.log
+    assert all(a["status"] == "online" for a in agents(coord))  # suspect, never offline
+
+    def back() -> bool:
+        assert chat(coord.url).status_code == 200
+        return requests_served(setup.sims[0]) > 0
+
+    wait_until(back, what="the thawed agent serving again")
     assert "Traceback" not in coord.log
