@@ -2,10 +2,11 @@
 gate where requests wait while no agent is ready (spec M6), and one failover before the
 first response byte.
 
-Pools are balancer plugin instances: one for the supported models (every ready agent has
-them all) and one per other model that ready agents have installed or loaded. Registry
-listeners keep them current, so a request costs a dictionary lookup and one ``pick``, never
-a scan.
+Pools are balancer plugin instances, one per model, holding the ready agents that can serve
+it: an agent that has been ready once (not ``initializing``) serves every model it has loaded
+or installed, except one it is downloading (a re-download deletes it first), so fetching one
+model never takes it out of service for the others. Registry and distribution listeners keep
+them current, so a request costs a dictionary lookup and one ``pick``, never a scan.
 """
 
 from __future__ import annotations
@@ -135,12 +136,13 @@ class Gateway:
         self.queue_limit = settings.queue_limit
         self.queue_timeout_s = settings.queue_timeout_s
         self._new_pool = balancer
-        self.ready = balancer()
-        """The pool for supported models: every online, non-initializing, healthy agent."""
-        self.pools: dict[str, Balancer] = dict.fromkeys(self.supported, self.ready)
+        self.pools: dict[str, Balancer] = {}
+        """Model -> the online, non-initializing, healthy agents that can serve it."""
         self.in_flight: dict[str, int] = {}
         self.suspect: set[str] = set()
         self._member: dict[str, list[Balancer]] = {}
+        self._serving: dict[str, frozenset[str]] = {}
+        """Agent id -> the models whose pools it is in."""
         self._extra: dict[str, frozenset[str]] = {}
         self._holders: dict[str, int] = {}
         self._waiters: deque[tuple[str, asyncio.Future[str]]] = deque()
@@ -151,6 +153,8 @@ class Gateway:
         self._flights: dict[str, set[_Flight]] = {}
         self._active: dict[str, tuple[str, str]] = {}
         """Unfinished download task id -> (agent id, model)."""
+        self._fetching: dict[str, set[str]] = {}
+        """Agent id -> the models it is downloading (not servable there meanwhile)."""
         self.downloads: dict[str, int] = {}
         """Model -> how many unfinished download tasks it has (a model on its way)."""
         for t in tasks:
@@ -220,44 +224,79 @@ class Gateway:
             pool = self.pools[model] = self._new_pool()
         return pool
 
+    def _serves(self, a: Agent) -> frozenset[str]:
+        """What ready agent ``a`` can serve: the models it has loaded or installed (every
+        supported one while it reports them all ready), less those it is downloading."""
+        models = set(a.loaded_models)
+        installed = self.installed.get(a.id)
+        if installed:
+            models.update(installed)
+        if a.ready_models >= a.total_models:
+            models |= self.supported
+        fetching = self._fetching.get(a.id)
+        if fetching:
+            models -= fetching
+        return frozenset(models)
+
     def agent_changed(self, a: Agent) -> None:
         """Registry listener: a heartbeat, registration or status change of ``a``."""
         if a.id not in self._gauged:
             # Read at scrape time, so that requests do not pay for the gauge.
             self._gauged.add(a.id)
             self.metrics.in_flight.labels(a.id).set_function(partial(self._in_flight, a.id))
-        models = self._models(a)
-        changed = models != self._extra.get(a.id, _EMPTY)
-        self._set_extra(a.id, models)
+        self._set_extra(a.id, self._models(a))
         if a.status == "online":
             # Any news from the agent itself proves it is up again.
             self.suspect.discard(a.id)
-        if a.status != "online" or a.initializing:
+        self._place(a)
+
+    def _place(self, a: Agent) -> None:
+        """Put ``a`` in the pools of the models it serves now, with its current load."""
+        if a.status != "online" or a.initializing or a.id in self.suspect:
             self._leave(a.id)
             return
+        serves = self._serves(a)
         load = _load(a, self.in_flight.get(a.id, 0))
         member = self._member.get(a.id)
-        joined = member is None or changed
-        if member is None or changed:
+        joined = member is None or serves != self._serving.get(a.id)
+        if member is None or joined:
             self._leave(a.id)
-            member = self._member[a.id] = [self.ready, *(self._pool(m) for m in models)]
+            self._serving[a.id] = serves
+            member = self._member[a.id] = [self._pool(m) for m in serves]
         for pool in member:
             pool.update(a.id, load)
         if joined and self._waiters:
             self._wake()
 
+    def can_serve(self, model: str) -> bool:
+        """Some ready agent can take a request for ``model`` now."""
+        pool = self.pools.get(model)
+        return pool is not None and len(pool) > 0
+
     def task_changed(self, t: Task) -> None:
         """Distribution listener: keep count of the downloads under way per model."""
         if t.status in TERMINAL:
-            if self._active.pop(t.id, None) is not None:
-                left = self.downloads[t.model] - 1
-                if left:
-                    self.downloads[t.model] = left
-                else:
-                    del self.downloads[t.model]
+            if self._active.pop(t.id, None) is None:
+                return
+            left = self.downloads[t.model] - 1
+            if left:
+                self.downloads[t.model] = left
+            else:
+                del self.downloads[t.model]
+            fetching = self._fetching.get(t.agent_id)
+            if fetching is not None:
+                fetching.discard(t.model)
+                if not fetching:
+                    del self._fetching[t.agent_id]
         elif t.id not in self._active:
             self._active[t.id] = (t.agent_id, t.model)
             self.downloads[t.model] = self.downloads.get(t.model, 0) + 1
+            self._fetching.setdefault(t.agent_id, set()).add(t.model)
+        else:
+            return
+        a = self.registry.agents.get(t.agent_id)
+        if a is not None:
+            self._place(a)  # the model leaves (or rejoins) that agent's pools at once
 
     def agent_offline(self, a: Agent) -> None:
         """Registry listener: end the requests still waiting on an agent that fell silent."""
@@ -286,10 +325,12 @@ class Gateway:
             flight.abort(why)
 
     def _leave(self, agent_id: str) -> None:
-        for pool in self._member.pop(agent_id, ()):
-            pool.discard(agent_id)
-            if pool is not self.ready and not len(pool):
-                for m in [m for m, p in self.pools.items() if p is pool]:
+        self._member.pop(agent_id, None)
+        for m in self._serving.pop(agent_id, ()):
+            pool = self.pools.get(m)
+            if pool is not None:
+                pool.discard(agent_id)
+                if not len(pool):
                     del self.pools[m]
 
     def mark_suspect(self, agent_id: str, why: str) -> None:
