@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from fleetd.sim import control, inference, manage, openai_compat, registry
+from fleetd.sim import control, inference, library, manage, openai_compat, registry
 from fleetd.sim.context import SIM, Sim, reply
 from fleetd.sim.options import SimOptions, check
 from fleetd.sim.scheduler import SimError
@@ -94,7 +94,7 @@ def build_app(options: SimOptions) -> web.Application:
     app[SIM] = Sim(options)
     app[registry.REGISTRY] = registry.Registry()
     tables = (manage.routes, registry.routes, inference.routes, openai_compat.routes)
-    for table in (*tables, control.routes):
+    for table in (*tables, control.routes, library.routes):
         app.router.add_routes(table)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_cut_connections)
