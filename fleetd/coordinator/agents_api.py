@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
+from fleetd.coordinator.loops import refuse_self
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
@@ -52,6 +53,7 @@ async def register_agent(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", f"url: expected an http(s) URL, got {reg.url!r}")
     if not reg.name.strip():
         raise ApiError(400, "bad_request", "name: must not be empty")
+    await refuse_self(request, reg.url)
     supported = request.app[SETTINGS].supported_models
     agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
     return _reply(agent, supported)

@@ -20,13 +20,16 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
-def client_ctx(limit: int = 512) -> Any:
-    """A cleanup_ctx entry that opens the process's single ClientSession (sized pool)."""
+def client_ctx(limit: int = 512, headers: dict[str, str] | None = None) -> Any:
+    """A cleanup_ctx entry that opens the process's single ClientSession (sized pool);
+    ``headers`` go with every request it sends."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
         async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10),
+            headers=headers,
         ) as session:
             app[CLIENT] = session
             yield
