@@ -41,7 +41,7 @@ async def register_agent(request: web.Request) -> web.Response:
     require_agent(request)
     try:
         gpus = msgspec.json.decode(await request.read(), type=_GpusOnly).gpus
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         gpus = ...  # not even an object: read_json names the problem below
     if gpus is None or gpus == []:
         # Decided before anything else about the agent is looked at (interface.md).

@@ -13,7 +13,15 @@ import msgspec
 
 from fleetd.core.gpu import Gpu
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+INT_MAX = 2**63 - 1
+"""SQLite's largest INTEGER: every number an agent or client sends must fit in it."""
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)]
+Bytes = Count
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
+"""Finite (``1e400`` decodes to infinity) and within ~30,000 years."""
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1e15)]
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
 
 TaskStatus = Literal["queued", "downloading", "completed", "failed", "waiting", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -30,7 +38,7 @@ class InstalledModel(msgspec.Struct, kw_only=True):
     """One model in an Ollama's ``/api/tags``, as the agent reports it."""
 
     name: str
-    size: int
+    size: Bytes
     installed_at: datetime | None = None
     digest: str = ""
 
@@ -55,8 +63,8 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     total_models: Count
     requests_in_flight: Count = 0
     gpus: list[Gpu] | None = None
-    cpu_percent: float | None = None
-    memory_percent: float | None = None
+    cpu_percent: Percent | None = None
+    memory_percent: Percent | None = None
     status_message: str = ""
     loaded_models: list[str] | None = None
     models: list[InstalledModel] | None = None
@@ -123,7 +131,7 @@ class Order(msgspec.Struct, kw_only=True):
     task_id: str
     model: str
     redownload: bool = False
-    attempt: int = 0
+    attempt: Count = 0
 
 
 class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
@@ -131,11 +139,11 @@ class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
 
     task_id: str
     status: TaskStatus
-    attempt: int = 0
-    completed_bytes: int = 0
-    total_bytes: int = 0
-    speed_bps: float = 0.0
-    eta_s: float | None = None
+    attempt: Count = 0
+    completed_bytes: Bytes = 0
+    total_bytes: Bytes = 0
+    speed_bps: Rate = 0.0
+    eta_s: Seconds | None = None
     error: str | None = None
 
 
