@@ -31,11 +31,13 @@ from fleetd.core.catalog import CatalogError, CatalogNotFound, manifest_size
 from fleetd.core.http import CLIENT
 from fleetd.core.ollama import Ollama, OllamaError, PullProgress
 from fleetd.core.wire import (
+    ERROR_MAX,
     TERMINAL,
     InstalledModel,
     Order,
     TaskStatus,
     TaskUpdate,
+    clip,
 )
 
 log = logging.getLogger("fleetd.agent.downloads")
@@ -76,7 +78,7 @@ class Entry(msgspec.Struct, kw_only=True):
             total_bytes=self.total_bytes,
             speed_bps=round(self.speed_bps, 1),
             eta_s=None if self.eta_s is None else round(self.eta_s, 1),
-            error=self.error,
+            error=None if self.error is None else clip(self.error, ERROR_MAX),
         )
 
 

@@ -10,7 +10,7 @@ from fleetd.config import AgentConfig
 
 
 class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
-    name: str
+    name: Annotated[str, msgspec.Meta(max_length=256)]
     memory_bytes: Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
     memory_used_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     utilization: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
