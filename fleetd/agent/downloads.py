@@ -74,7 +74,8 @@ class Entry(msgspec.Struct, kw_only=True):
             task_id=self.task_id,
             status=self.status,
             attempt=self.attempt,
-            completed_bytes=self.completed_bytes,
+            # Ollama's sums can pass the total for a moment; the coordinator refuses that.
+            completed_bytes=min(self.completed_bytes, self.total_bytes or self.completed_bytes),
             total_bytes=self.total_bytes,
             speed_bps=round(self.speed_bps, 1),
             eta_s=None if self.eta_s is None else round(self.eta_s, 1),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import web
@@ -36,6 +37,37 @@ def agent_or_404(request: web.Request) -> Agent:
     return a
 
 
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise ApiError(400, "bad_request", "name: must not be empty", param="name")
+    if not name.isprintable():
+        # A newline in a name would forge lines in every log that names the agent.
+        raise ApiError(
+            400, "bad_request", f"name: control characters are not allowed: {name!r}", param="name"
+        )
+
+
+def _check_url(url: str) -> None:
+    """An http(s) URL with a host and a port in 1-65535, nothing unprintable."""
+    why = ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        why = "invalid port (expected 1-65535)"
+    else:
+        if parts.scheme not in ("http", "https"):
+            why = "expected an http:// or https:// URL"
+        elif not parts.hostname:
+            why = "the URL has no host"
+        elif port == 0:
+            why = "port 0 is not a port to connect to (1-65535)"
+        elif not url.isprintable() or " " in url:
+            why = "spaces and control characters are not allowed"
+    if why:
+        raise ApiError(400, "bad_request", f"url: {why}, got {url!r}", param="url")
+
+
 @routes.post("/api/agents")
 async def register_agent(request: web.Request) -> web.Response:
     require_agent(request)
@@ -49,10 +81,8 @@ async def register_agent(request: web.Request) -> web.Response:
             403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
         )
     reg = await read_json(request, Registration)
-    if not reg.url.startswith(("http://", "https://")):
-        raise ApiError(400, "bad_request", f"url: expected an http(s) URL, got {reg.url!r}")
-    if not reg.name.strip():
-        raise ApiError(400, "bad_request", "name: must not be empty")
+    _check_name(reg.name)
+    _check_url(reg.url)
     await refuse_self(request, reg.url)
     supported = request.app[SETTINGS].supported_models
     agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
