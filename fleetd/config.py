@@ -76,6 +76,7 @@ class AgentConfig(_Section):
     advertise_url: str = ""
     data_dir: str = "/var/lib/fleetd-agent"
     max_concurrent_downloads: int = 2
+    download_stall_timeout_s: float = 30.0
     heartbeat_interval_s: float = 5.0
     registry_url: str = "https://registry.ollama.ai"
     disk_margin_bytes: int = 2_000_000_000
@@ -156,6 +157,7 @@ def validate(cfg: Config) -> Config:
             f"got {a.max_concurrent_downloads}"
         )
     _positive("agent.heartbeat_interval_s", a.heartbeat_interval_s)
+    _positive("agent.download_stall_timeout_s", a.download_stall_timeout_s)
     _positive("agent.residency_check_s", a.residency_check_s, strict=False)
     if a.disk_margin_bytes < 0:
         raise ConfigError(f"agent.disk_margin_bytes: expected >= 0, got {a.disk_margin_bytes}")
