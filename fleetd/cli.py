@@ -1,4 +1,4 @@
-"""The ``fleetd`` command: ``--role coordinator|agent``, ``demo``, ``sim-ollama``.
+"""The ``fleetd`` command: ``--role coordinator|agent``, ``demo``, ``sim-ollama``, ``db``.
 
 A thin mirror of the config: each flag names the key it overrides. Config and start-up
 errors become one line and exit 1; nothing here knows more than how to start a role.
@@ -105,11 +105,13 @@ def main(
 
 
 def _register_subcommands() -> None:
+    from fleetd.dbcli import db
     from fleetd.demo import demo
     from fleetd.sim.cli import sim_ollama
 
     main.add_command(sim_ollama, "sim-ollama")
     main.add_command(demo, "demo")
+    main.add_command(db, "db")
 
 
 _register_subcommands()

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.pg import PgServer, session_server
 from tests.procs import ADMIN_TOKEN, AGENT_TOKEN, SIM_GPU, Proc, write_toml
 
 TOKENS_ENV = {"FLEETD_ADMIN_TOKEN": ADMIN_TOKEN, "FLEETD_AGENT_TOKEN": AGENT_TOKEN}
@@ -122,6 +123,18 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
         for p in f.procs:
             print(f"----- {p.name} log -----\n{p.log}")
     f.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One real PostgreSQL for the whole session, started by the first test that asks."""
+    yield from session_server()
+
+
+@pytest.fixture
+def pg_url(postgres: PgServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL (URL with password)."""
+    return postgres.create_database()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

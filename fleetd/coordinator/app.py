@@ -30,7 +30,7 @@ from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
-from fleetd.core.store import STORE, SqliteStore
+from fleetd.core.store import STORE, SqliteStore, Store
 
 log = logging.getLogger("fleetd.coordinator")
 
@@ -53,11 +53,20 @@ async def build_app(config: Config) -> web.Application:
     agent = await asyncio.to_thread(
         tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
     )
-    store = SqliteStore(data_dir / "fleetd.db")
-    try:
-        await store.open()
-    except Exception as e:
-        raise StartupError(f"coordinator.data_dir: cannot open database {store.path}: {e}") from e
+    store: Store
+    if c.database_url:
+        from fleetd.core.pgstore import open_pg_store
+
+        store = await open_pg_store(c.database_url, "coordinator.database_url")
+    else:
+        sqlite = SqliteStore(data_dir / "fleetd.db")
+        try:
+            await sqlite.open()
+        except Exception as e:
+            raise StartupError(
+                f"coordinator.data_dir: cannot open database {sqlite.path}: {e}"
+            ) from e
+        store = sqlite
 
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(

@@ -45,6 +45,7 @@ from fleetd.core.wire import (
     ProgressReport,
     Task,
     TaskUpdate,
+    next_revision,
     utcnow,
 )
 
@@ -115,6 +116,7 @@ class Distribution:
         await self.store.save_tasks(batch)
 
     def _changed(self, t: Task) -> None:
+        t.revision = next_revision()
         self._dirty.add(t.id)
         self.events.publish("task", t)
 

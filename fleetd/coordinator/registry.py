@@ -19,7 +19,7 @@ from aiohttp import web
 
 from fleetd.core.events import EventBus
 from fleetd.core.store import Store
-from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, utcnow
+from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
 
@@ -76,6 +76,7 @@ class Registry:
                 log.exception("listener %r failed for agent %s", fn, a.id)
 
     def _changed(self, a: Agent, persist: bool) -> None:
+        a.revision = next_revision()
         if persist:
             self._dirty.add(a.id)
         self.events.publish("agent", a)

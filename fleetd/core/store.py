@@ -3,7 +3,7 @@
 ``Store`` is the small interface the coordinator uses; ``SqliteStore`` implements it with one
 thread owning the connection (WAL). Coroutines enqueue work and await a future; the thread
 drains everything queued and commits once, so many small writes cost one transaction.
-A PostgreSQL store would implement the same methods.
+``PgStore`` (core/pgstore.py) implements the same methods on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from aiohttp import web
 
+from fleetd.core.errors import ApiError
 from fleetd.core.wire import Agent, InstalledModel, Task
 
 log = logging.getLogger("fleetd.store")
@@ -70,6 +71,14 @@ MIGRATIONS: list[str] = [
     DELETE FROM kv WHERE key = 'installed_as_of'
     """,
 ]
+
+
+class StoreUnavailable(ApiError):
+    """The database cannot be reached or written right now: answered as 503
+    ``store_unavailable``; the store recovers by itself once the database is back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "store_unavailable", message, headers={"Retry-After": "5"})
 
 
 class Store(Protocol):

@@ -6,6 +6,8 @@ Timestamps are UTC datetimes (ISO 8601 on the wire).
 
 from __future__ import annotations
 
+import itertools
+import time
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
@@ -58,6 +60,21 @@ AGENT_PREFIX = "/fleetd"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+_revisions = itertools.count(time.time_ns() // 1000)
+
+
+def next_revision() -> int:
+    """The ``revision`` for an agent or task that just changed.
+
+    Copies of one object reach a client by several ways (REST replies, SSE messages) and out
+    of order; the higher revision is the newer copy. One counter for all objects, started from
+    the clock in microseconds, so revisions keep growing across a coordinator restart (a
+    restart reloads objects whose last changes may not have been written) while staying
+    exact as JavaScript numbers.
+    """
+    return next(_revisions)
 
 
 class InstalledModel(msgspec.Struct, kw_only=True):
@@ -123,6 +140,8 @@ class Agent(msgspec.Struct, kw_only=True):
     memory_percent: float | None = None
     status_message: str = ""
     loaded_models: list[str] = msgspec.field(default_factory=list)
+    revision: int = 0
+    """Grows with every change (see ``next_revision``); ``version`` is fleetd's own."""
 
 
 class RegistrationReply(msgspec.Struct):
@@ -154,6 +173,8 @@ class Task(msgspec.Struct, kw_only=True):
     attempt: int = 0
     """Bumped by ``POST /api/tasks/{id}/retry``; the agent runs a task id again only for a
     higher attempt, so updates from an earlier attempt can be told apart and dropped."""
+    revision: int = 0
+    """Grows with every change (see ``next_revision``)."""
 
 
 class Order(msgspec.Struct, kw_only=True):
