@@ -182,6 +182,13 @@ def validate(cfg: Config) -> Config:
     check_database_url("coordinator.database_url", c.database_url)
     _check_url("agent.coordinator_url", a.coordinator_url)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
+    if len(a.name) > 128 or not a.name.isprintable():
+        # The coordinator refuses such a name at registration (docs/api.md, Size limits).
+        raise ConfigError(
+            f"agent.name: expected at most 128 printable characters, got {a.name[:40]!r}…"
+            if len(a.name) > 128
+            else f"agent.name: control characters are not allowed, got {a.name!r}"
+        )
     _check_url("agent.registry_url", a.registry_url)
     if a.max_concurrent_downloads < 1:
         raise ConfigError(
