@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from fleetd.sim import control, inference, manage, openai_compat
+from fleetd.sim import control, inference, library, manage, openai_compat
 from fleetd.sim.context import SIM, Sim, reply
 from fleetd.sim.options import SimOptions, check
 from fleetd.sim.scheduler import SimError
@@ -89,7 +89,8 @@ def build_app(options: SimOptions) -> web.Application:
     check(options)
     app = web.Application(middlewares=[_connections, _errors])
     app[SIM] = Sim(options)
-    for table in (manage.routes, inference.routes, openai_compat.routes, control.routes):
+    tables = (manage.routes, inference.routes, openai_compat.routes, control.routes, library.routes)
+    for table in tables:
         app.router.add_routes(table)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_cut_connections)
