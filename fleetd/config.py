@@ -45,6 +45,14 @@ class MirrorConfig(_Section):
     upstream_bandwidth_bps: int = 0
 
 
+class PlacementRule(_Section):
+    """``[[coordinator.placement]]``: agents whose labels include all of ``match`` hold
+    ``models`` instead of the supported list (the first matching rule wins)."""
+
+    match: dict[str, str]
+    models: list[str]
+
+
 class CoordinatorConfig(_Section):
     listen: str = "0.0.0.0:8080"
     data_dir: str = "/var/lib/fleetd"
@@ -62,6 +70,7 @@ class CoordinatorConfig(_Section):
     database_url: str = ""
     """Empty: SQLite in data_dir; ``postgresql://…``: PostgreSQL (``FLEETD_DATABASE_URL`` wins)."""
     mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
+    placement: list[PlacementRule] = msgspec.field(default_factory=list)
 
 
 class OllamaServer(_Section):
@@ -84,6 +93,7 @@ class AgentConfig(_Section):
     coordinator_url: str = "http://127.0.0.1:8080"
     listen: str = "0.0.0.0:11435"
     advertise_url: str = ""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
     data_dir: str = "/var/lib/fleetd-agent"
     max_concurrent_downloads: int = 2
     download_stall_timeout_s: float = 30.0
@@ -189,6 +199,21 @@ def validate(cfg: Config) -> Config:
     if len(set(normalized)) != len(normalized):
         raise ConfigError("coordinator.supported_models: a model is listed twice")
     c.supported_models = normalized
+    for i, rule in enumerate(c.placement):
+        key = f"coordinator.placement[{i}]"
+        if not rule.match:
+            raise ConfigError(f"{key}.match: expected at least one label, got {{}}")
+        if not rule.models:
+            raise ConfigError(f"{key}.models: expected at least one model, got []")
+        for j, name in enumerate(rule.models):
+            try:
+                rule.models[j] = normalize(name)
+            except InvalidModelName:
+                raise ConfigError(f"{key}.models[{j}]: invalid model name {name!r}") from None
+        rule.models = list(dict.fromkeys(rule.models))
+    for label, value in a.labels.items():
+        if not label or len(label) > 128 or len(value) > 128:
+            raise ConfigError(f"agent.labels.{label}: expected 1-128 characters, got {value!r}")
     _check_url("coordinator.library_url", c.library_url)
     _check_url("coordinator.registry_url", c.registry_url)
     check_database_url("coordinator.database_url", c.database_url)

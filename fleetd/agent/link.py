@@ -142,6 +142,8 @@ class Link:
                 ollama_versions=versions,
                 models=models,
                 heartbeat_interval_s=self.rt.config.heartbeat_interval_s,
+                labels=self.rt.config.labels,
+                margin_bytes=self.rt.config.disk_margin_bytes,
             )
             try:
                 reply = await self._post("/api/agents", reg)

@@ -10,8 +10,10 @@ from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
 from fleetd.coordinator.loops import refuse_self
+from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.vram import MODEL_SIZES, fitting
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import encode, json_response, read_json
 from fleetd.core.wire import Agent, Heartbeat, Registration
@@ -27,7 +29,8 @@ def _reply(agent: Agent, request: web.Request) -> web.Response:
     """The agent object itself plus ``supported_models`` (what the agent must hold) and
     ``mirror`` (whether its Ollama pulls through this coordinator's registry mirror)."""
     settings = request.app[SETTINGS]
-    extra = b',"supported_models":' + encode(settings.supported_models)
+    holds = fitting(agent, request.app[MODEL_SETS].for_agent(agent), request.app[MODEL_SIZES])
+    extra = b',"supported_models":' + encode(holds)
     extra += b',"mirror":' + encode(settings.mirror.enabled)
     body = encode(agent)[:-1] + extra + b"}"
     return web.Response(body=body, content_type="application/json")
@@ -88,8 +91,8 @@ async def register_agent(request: web.Request) -> web.Response:
     _check_name(reg.name)
     _check_url(reg.url)
     await refuse_self(request, reg.url)
-    supported = request.app[SETTINGS].supported_models
-    agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
+    holds = request.app[MODEL_SETS].for_labels(reg.labels)
+    agent = await request.app[REGISTRY].register(reg, total_models=len(holds))
     return _reply(agent, request)
 
 

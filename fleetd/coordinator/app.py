@@ -15,6 +15,7 @@ from fleetd.coordinator import (
     catalog_api,
     dashboard,
     events_api,
+    fleet_api,
     inference_api,
     loops,
     tasks_api,
@@ -25,8 +26,10 @@ from fleetd.coordinator.gateway import gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
+from fleetd.coordinator.model_sets import model_sets_ctx
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.vram import sizes_ctx
 from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
@@ -95,15 +98,24 @@ async def build_app(config: Config) -> web.Application:
         app[EVENTS].close_all()
 
     app.cleanup_ctx.extend(
-        [close_store, client_ctx(headers={loops.HEADER: self_id}), run_registry, run_distribution]
+        [
+            close_store,
+            model_sets_ctx(c),
+            client_ctx(headers={loops.HEADER: self_id}),
+            sizes_ctx,
+            run_registry,
+            run_distribution,
+        ]
     )
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
+    app.cleanup_ctx.append(fleet_api.follow_model_sets)
     app.cleanup_ctx.append(mirror_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)
     app.router.add_routes(tasks_api.routes)
+    app.router.add_routes(fleet_api.routes)
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Literal
 
@@ -27,8 +27,9 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import TOKENS
+from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY, Registry
-from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.vram import MODEL_SIZES, fitting_now
 from fleetd.core.background import background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
@@ -68,12 +69,20 @@ class AgentUnreachable(Exception):
 
 class Distribution:
     def __init__(
-        self, store: Store, events: EventBus, registry: Registry, supported: list[str]
+        self,
+        store: Store,
+        events: EventBus,
+        registry: Registry,
+        supported: list[str],
+        wanted: Callable[[Agent], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.store = store
         self.events = events
         self.registry = registry
         self.supported = supported
+        self.wanted = wanted
+        """The models an agent must hold that may be ordered there automatically (its
+        placement or the supported list, less what cannot fit its GPUs)."""
         self.session: aiohttp.ClientSession | None = None
         self.agent_token = ""
         self.tasks: dict[str, Task] = {}
@@ -92,6 +101,7 @@ class Distribution:
         """Called on every change of a task (the gateway follows downloads under way)."""
         registry.on_online.append(self._agent_online)
         registry.on_offline.append(self._agent_offline)
+        registry.on_forget.append(self._agent_forgotten)
 
     # -- persistence ---------------------------------------------------------------------
 
@@ -404,6 +414,26 @@ class Distribution:
     def _agent_online(self, agent: Agent) -> None:
         self._spawn(self.sync(agent.id, reported=self.registry.reported_models.get(agent.id)))
 
+    def _agent_forgotten(self, agent: Agent) -> None:
+        for t in list(self.tasks.values()):
+            if t.agent_id == agent.id and t.status not in TERMINAL:
+                self._finish(t, "cancelled", None)
+        self.installed.pop(agent.id, None)
+        self.as_of.pop(agent.id, None)
+
+    async def remove(self, tasks: list[Task]) -> None:
+        """Forget finished tasks, in memory and in the store."""
+        for t in tasks:
+            self.tasks.pop(t.id, None)
+            self._dirty.discard(t.id)
+            self.events.publish("task_removed", {"id": t.id})
+        await self.store.delete_tasks(t.id for t in tasks)
+
+    def resync(self) -> None:
+        """The models agents must hold changed: order what each online one lacks."""
+        for agent in self.registry.online():
+            self._spawn(self.sync(agent.id, ask=False))
+
     def _agent_offline(self, agent: Agent) -> None:
         for t in self.tasks.values():
             if t.agent_id == agent.id and t.status not in TERMINAL:
@@ -430,9 +460,12 @@ class Distribution:
             for t in list(self.tasks.values()):
                 if t.agent_id == agent_id and t.status not in TERMINAL:
                     self.dispatch(t)
+            if agent.draining:
+                return  # nothing new while drained; undrain syncs again
+            wanted = self.supported if self.wanted is None else await self.wanted(agent)
             new = [
                 self.create(agent, m)
-                for m in self.supported
+                for m in wanted
                 if not self.is_installed(agent_id, m) and self.active_task(agent_id, m) is None
             ]
             if new:
@@ -444,7 +477,12 @@ DISTRIBUTION = web.AppKey("distribution", Distribution)
 
 async def run_distribution(app: web.Application) -> AsyncIterator[None]:
     """Registered after the registry's entry (it needs the agents loaded) and the client's."""
-    dist = Distribution(app[STORE], app[EVENTS], app[REGISTRY], app[SETTINGS].supported_models)
+    sets, sizes = app[MODEL_SETS], app[MODEL_SIZES]
+
+    async def wanted(agent: Agent) -> list[str]:
+        return await fitting_now(agent, sets.for_agent(agent), sizes)
+
+    dist = Distribution(app[STORE], app[EVENTS], app[REGISTRY], sets.everything(), wanted)
     dist.session = app[CLIENT]
     dist.agent_token = app[TOKENS].agent
     app[DISTRIBUTION] = dist

@@ -134,6 +134,9 @@ class Gateway:
         self.installed = installed
         """Agent id -> its installed models by name, as the distribution keeps them."""
         self.supported = frozenset(settings.supported_models)
+        """Every model some agent must hold (supported or placed): known even with no holder."""
+        self.holds: Callable[[Agent], Iterable[str]] = lambda a: self.supported
+        """The models ``a`` must hold: what it serves once it reports them all ready."""
         self.queue_limit = settings.queue_limit
         self.queue_timeout_s = settings.queue_timeout_s
         self._new_pool = balancer
@@ -233,7 +236,7 @@ class Gateway:
         if installed:
             models.update(installed)
         if a.ready_models >= a.total_models:
-            models |= self.supported
+            models.update(self.holds(a))
         fetching = self._fetching.get(a.id)
         if fetching:
             models -= fetching
@@ -253,8 +256,8 @@ class Gateway:
 
     def _place(self, a: Agent) -> None:
         """Put ``a`` in the pools of the models it serves now, with its current load."""
-        if a.status != "online" or a.initializing or a.id in self.suspect:
-            self._leave(a.id)
+        if a.status != "online" or a.initializing or a.draining or a.id in self.suspect:
+            self._leave(a.id)  # requests under way on it run to their end
             return
         serves = self._serves(a)
         load = _load(a, self.in_flight.get(a.id, 0))
@@ -268,6 +271,13 @@ class Gateway:
             pool.update(a.id, load)
         if joined and self._waiters:
             self._wake()
+
+    def set_supported(self, models: Iterable[str]) -> None:
+        """The supported list or placement changed: every agent's pools follow."""
+        self.supported = frozenset(models)
+        for a in list(self.registry.agents.values()):
+            self._set_extra(a.id, self._models(a))
+            self._place(a)
 
     def can_serve(self, model: str) -> bool:
         """Some ready agent can take a request for ``model`` now."""

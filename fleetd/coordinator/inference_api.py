@@ -22,8 +22,8 @@ from fleetd.coordinator.auth import require_admin, require_api_key
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.model_check import check_registry
+from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY
-from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, encode, json_response, read_json, request_model
 from fleetd.core.ollama import error_message
@@ -68,7 +68,7 @@ def _model_entry(name: str) -> dict[str, Any]:
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
     require_api_key(request)
-    models = request.app[SETTINGS].supported_models
+    models = request.app[MODEL_SETS].everything()
     return json_response({"object": "list", "data": [_model_entry(m) for m in models]})
 
 
@@ -76,7 +76,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def get_model(request: web.Request) -> web.Response:
     require_api_key(request)
     name = request.match_info["model"]
-    if name not in request.app[SETTINGS].supported_models:
+    if not request.app[MODEL_SETS].is_wanted(name):
         raise not_found(f"model {name!r} is not a supported model", code="model_not_found")
     return json_response(_model_entry(name))
 
@@ -137,7 +137,7 @@ async def list_tags(request: web.Request) -> web.Response:
             name = m.get("name") or m.get("model")
             if isinstance(name, str):
                 merged.setdefault(name, m)
-    supported = request.app[SETTINGS].supported_models
+    supported = request.app[MODEL_SETS].everything()
     first = [merged.pop(m) for m in supported if m in merged]
     return json_response({"models": first + [merged[n] for n in sorted(merged)]})
 

@@ -54,6 +54,8 @@ class Registry:
         self.on_offline: list[Listener] = []
         self.on_change: list[Listener] = []
         """Called on every change, heartbeats included (balancer, gate)."""
+        self.on_forget: list[Listener] = []
+        """Called when an operator removed an agent (after the offline listeners)."""
         self.on_silent: list[Listener] = []
         """Called when an online agent has missed two heartbeats (it stays online until the
         timeout; its next contact is an ``on_change``)."""
@@ -118,6 +120,7 @@ class Registry:
                 self._by_url.pop(a.url, None)
             a.name, a.url, a.gpus = reg.name, reg.url, reg.gpus
             a.version, a.ollama_versions = reg.version, reg.ollama_versions
+            a.labels = reg.labels
             if reg.heartbeat_interval_s:
                 a.heartbeat_interval_s = reg.heartbeat_interval_s
             if reg.instance_id:
@@ -131,9 +134,12 @@ class Registry:
                 instance_id=reg.instance_id,
                 version=reg.version,
                 ollama_versions=reg.ollama_versions,
+                labels=reg.labels,
             )
             if reg.heartbeat_interval_s:
                 a.heartbeat_interval_s = reg.heartbeat_interval_s
+        if reg.margin_bytes is not None:
+            a.margin_bytes = reg.margin_bytes
         a.status = "online"
         a.last_seen = utcnow()
         if not was_online:
@@ -184,6 +190,34 @@ class Registry:
         if came_back:
             self._notify(self.on_online, a)
         return a
+
+    async def set_draining(self, a: Agent, draining: bool) -> None:
+        """Written at once: a drain must outlive a coordinator restart a second later."""
+        if a.draining == draining:
+            return
+        a.draining = draining
+        log.info("agent %s (%s) %s", a.name, a.id, "draining" if draining else "undrained")
+        await self.store.save_agents([a])
+        self._changed(a, persist=False)
+
+    async def forget(self, a: Agent) -> None:
+        """Remove ``a``: offline first (its requests and tasks are ended by the listeners),
+        then gone from memory and the store; if it comes back it registers anew."""
+        if a.status == "online":
+            a.status = "offline"
+            self._changed(a, persist=False)
+            self._notify(self.on_offline, a)
+        self.agents.pop(a.id, None)
+        if self._by_url.get(a.url) == a.id:
+            del self._by_url[a.url]
+        if a.instance_id and self._by_instance.get(a.instance_id) == a.id:
+            del self._by_instance[a.instance_id]
+        self._seen.pop(a.id, None)
+        self._dirty.discard(a.id)
+        await self.store.delete_agent(a.id)
+        log.info("agent %s (%s) removed", a.name, a.id)
+        self.events.publish("agent_removed", {"id": a.id})
+        self._notify(self.on_forget, a)
 
     def _contact(self, agent_id: str) -> None:
         now = self._seen[agent_id] = time.monotonic()

@@ -341,6 +341,17 @@ class PgStore:
             [(agent_id, as_of)],
         )
 
+    async def delete_agent(self, agent_id: str) -> None:
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM agents WHERE id = $1", agent_id)
+            await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
+            await conn.execute("DELETE FROM installed_as_of WHERE agent_id = $1", agent_id)
+
+        await self._submit(op)
+
+    async def delete_tasks(self, task_ids: Iterable[str]) -> None:
+        await self._write("DELETE FROM tasks WHERE id = $1", [(i,) for i in task_ids])
+
     async def get_kv(self, key: str) -> bytes | None:
         rows = await self._fetch("SELECT value FROM kv WHERE key = $1", key)
         return bytes(rows[0][0]) if rows else None

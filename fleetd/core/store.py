@@ -92,6 +92,8 @@ class Store(Protocol):
     async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None: ...
     async def load_installed_as_of(self) -> dict[str, datetime]: ...
     async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None: ...
+    async def delete_agent(self, agent_id: str) -> None: ...
+    async def delete_tasks(self, task_ids: Iterable[str]) -> None: ...
     async def get_kv(self, key: str) -> bytes | None: ...
     async def set_kv(self, key: str, value: bytes) -> None: ...
     async def close(self) -> None: ...
@@ -246,6 +248,19 @@ class SqliteStore:
             c.executemany("INSERT INTO installed(agent_id, model, data) VALUES (?,?,?)", rows)
 
         await self._submit(write)
+
+    async def delete_agent(self, agent_id: str) -> None:
+        """The agent and what it had installed; its tasks stay (cancelled, for the record)."""
+
+        def write(c: sqlite3.Connection) -> None:
+            for table in ("agents", "installed", "installed_as_of"):
+                key = "id" if table == "agents" else "agent_id"
+                c.execute(f"DELETE FROM {table} WHERE {key} = ?", (agent_id,))
+
+        await self._submit(write)
+
+    async def delete_tasks(self, task_ids: Iterable[str]) -> None:
+        await self._write("DELETE FROM tasks WHERE id = ?", [(i,) for i in task_ids])
 
     async def load_installed_as_of(self) -> dict[str, datetime]:
         rows = await self._submit(

@@ -88,6 +88,10 @@ class InstalledModel(msgspec.Struct, kw_only=True):
 
 InstalledModels = Annotated[list[InstalledModel], msgspec.Meta(max_length=LIST_MAX)]
 Gpus = Annotated[list[Gpu], msgspec.Meta(max_length=64)]
+Labels = Annotated[dict[Str, Str], msgspec.Meta(max_length=64)]
+"""An agent's ``labels`` from its config, matched by ``[[coordinator.placement]]`` rules."""
+DEFAULT_MARGIN_BYTES = 2_000_000_000
+"""``agent.disk_margin_bytes``' default: also the room a model must leave in GPU memory."""
 
 
 class Registration(msgspec.Struct, kw_only=True):
@@ -104,6 +108,9 @@ class Registration(msgspec.Struct, kw_only=True):
     models: InstalledModels | None = None
     heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None
     """How often the agent sends heartbeats; ``DEFAULT_HEARTBEAT_INTERVAL_S`` if absent."""
+    labels: Labels = msgspec.field(default_factory=dict)
+    margin_bytes: Bytes | None = None
+    """The agent's ``disk_margin_bytes``: a model fits its GPUs with this much to spare."""
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
@@ -144,6 +151,11 @@ class Agent(msgspec.Struct, kw_only=True):
     loaded_models: list[str] = msgspec.field(default_factory=list)
     heartbeat_interval_s: float = 5.0
     """As the agent reported it at registration: missing two makes it suspect."""
+    labels: dict[str, str] = msgspec.field(default_factory=dict)
+    margin_bytes: int = DEFAULT_MARGIN_BYTES
+    draining: bool = False
+    """Set by an operator (``/drain``): no new requests or automatic downloads; kept in the
+    store with the agent, so it outlives restarts of either side."""
     revision: int = 0
     """Grows with every change (see ``next_revision``); ``version`` is fleetd's own."""
 
