@@ -28,6 +28,8 @@ log = logging.getLogger("fleetd.agent.residency")
 
 FOREVER = timedelta(days=365 * 100)
 """An ``expires_at`` further ahead than this means ``keep_alive: -1`` (Ollama shows 2318)."""
+RELEASED_KEEP_ALIVE = "5m"
+"""Ollama's default keep_alive, given back to a model taken off the supported list."""
 BACKOFF_S = (30.0, 60.0, 120.0, 300.0)
 """Waits before trying again after the GPUs could not hold every supported model."""
 
@@ -45,6 +47,8 @@ class Residency:
         self._holds = 0
         self._hold_reason = ""
         self._hold_key: tuple[frozenset[str], tuple[str, ...]] | None = None
+        self._kept = set(rt.supported_models)
+        """Models this keeper holds resident (or did until the list changed)."""
 
     def poke(self) -> None:
         self.wake.set()
@@ -78,6 +82,7 @@ class Residency:
         if self._hold_key is not None and key != self._hold_key:
             self._hold_until, self._holds, self._hold_key = 0.0, 0, None  # something changed
         holding = time.monotonic() < self._hold_until
+        await self._release(set(supported), loaded, where)
         for model in supported:
             o = where.get(model)
             if o is None or loaded.get(o.url, {}).get(model) or holding:
@@ -119,6 +124,30 @@ class Residency:
         if (r.downloaded, r.loaded, r.message) != (downloaded, resident, message):
             r.downloaded, r.loaded, r.message = downloaded, resident, message
             rt.changed.set()
+
+    async def _release(
+        self, supported: set[str], loaded: dict[str, dict[str, bool]], where: dict[str, Ollama]
+    ) -> None:
+        """A model taken off the supported list stays installed but is no longer held: its
+        keep_alive goes back to Ollama's default, so it unloads once idle. Only models this
+        keeper held are touched (a client's own keep_alive -1 is the client's business)."""
+        for model in sorted(self._kept - supported):
+            o = where.get(model)
+            if o is not None and loaded.get(o.url, {}).get(model):
+                try:
+                    await o.load(model, RELEASED_KEEP_ALIVE)
+                except OllamaError as e:
+                    log.warning("cannot release %s on %s: %s; trying again", model, o.url, e)
+                    continue
+                loaded[o.url][model] = False
+                log.info(
+                    "%s is no longer supported: released on %s (unloads after %s idle)",
+                    model,
+                    o.url,
+                    RELEASED_KEEP_ALIVE,
+                )
+            self._kept.discard(model)
+        self._kept |= supported
 
     def _hold(self, key: tuple[frozenset[str], tuple[str, ...]], reason: str) -> None:
         delay = BACKOFF_S[min(self._holds, len(BACKOFF_S) - 1)]
