@@ -60,7 +60,7 @@ RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 ORPHAN_S = 3.0
 """A created task not dispatched within this time is ordered by the background loop."""
 
-MatrixState = Literal["installed", "downloading", "queued", "failed", "missing"]
+MatrixState = Literal["installed", "downloading", "queued", "failed", "missing", "too_large"]
 
 
 class AgentUnreachable(Exception):

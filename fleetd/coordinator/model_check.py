@@ -9,6 +9,7 @@ import logging
 from aiohttp import web
 
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.vram import MODEL_SIZES
 from fleetd.core.catalog import CatalogError, CatalogNotFound, manifest_size
 from fleetd.core.errors import ApiError
 from fleetd.core.http import CLIENT
@@ -27,7 +28,7 @@ async def check_registry(app: web.Application, model: str) -> dict[str, str] | N
     """
     registry = app[SETTINGS].registry_url
     try:
-        await manifest_size(app[CLIENT], registry, model, sure=True)
+        app[MODEL_SIZES].note(model, await manifest_size(app[CLIENT], registry, model, sure=True))
     except CatalogNotFound:
         # Ollama's own words first, so clients that match on them still do.
         raise ApiError(

@@ -14,6 +14,7 @@ from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, Matr
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.registry import REGISTRY
+from fleetd.coordinator.vram import MODEL_SIZES, exceeds, known_soon, too_large
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
 from fleetd.core.names import InvalidModelName, normalize
@@ -23,6 +24,7 @@ routes = web.RouteTableDef()
 
 IF_INSTALLED = ("warn", "skip", "redownload")
 IF_OFFLINE = ("fail", "retry-when-online")
+IF_TOO_LARGE = ("warn", "order")
 
 
 class DistributionRequest(msgspec.Struct, kw_only=True):
@@ -30,6 +32,7 @@ class DistributionRequest(msgspec.Struct, kw_only=True):
     agents: str | list[str]
     if_installed: str = "warn"
     if_offline: str = "fail"
+    if_too_large: str = "warn"
 
 
 def _model(name: str, param: str = "model") -> str:
@@ -75,6 +78,7 @@ async def create_distribution(request: web.Request) -> web.Response:
     model = _model(req.model)
     if_installed = _choice(req.if_installed, IF_INSTALLED, "if_installed")
     if_offline = _choice(req.if_offline, IF_OFFLINE, "if_offline")
+    if_too_large = _choice(req.if_too_large, IF_TOO_LARGE, "if_too_large")
     targets = _targets(request, req.agents)
     dist = request.app[DISTRIBUTION]
     tasks: list[Task] = []
@@ -89,6 +93,7 @@ async def create_distribution(request: web.Request) -> web.Response:
         # Before any task exists, and with no await between the decisions below and create().
         if (warning := await check_registry(request.app, model)) is not None:
             warnings.append(warning)
+    size = request.app[MODEL_SIZES].known(model)
     for agent in targets:
         active = dist.active_task(agent.id, model)
         if active is not None:
@@ -112,6 +117,15 @@ async def create_distribution(request: web.Request) -> web.Response:
                         'send if_installed "skip" or "redownload" to choose',
                     }
                 )
+            continue
+        if if_too_large == "warn" and (why := exceeds(agent, model, size)) is not None:
+            warnings.append(
+                {
+                    "agent_id": agent.id,
+                    "code": "exceeds_vram",
+                    "message": f'{why}: not ordered; send if_too_large "order" to order it anyway',
+                }
+            )
             continue
         if agent.status != "online" and if_offline == "fail":
             errors.append(
@@ -210,6 +224,8 @@ async def models_matrix(request: web.Request) -> web.Response:
     """Agents × models; the supported models first, then any other one an agent has or gets."""
     require_admin(request)
     dist = request.app[DISTRIBUTION]
+    sizes = request.app[MODEL_SIZES]
+    await known_soon(sizes, dist.supported)
     latest: dict[tuple[str, str], Task] = {}
     for task in sorted(dist.tasks.values(), key=lambda t: t.created_at):
         latest[(task.agent_id, task.model)] = task
@@ -231,7 +247,9 @@ async def models_matrix(request: web.Request) -> web.Response:
             elif t is not None and t.status == "failed":
                 state = "failed"
             states[m] = state
-        rows.append({"id": a.id, "name": a.name, "status": a.status, "models": states})
+        row: dict[str, Any] = {"id": a.id, "name": a.name, "status": a.status, "models": states}
+        row.update(too_large(a, states, sizes))
+        rows.append(row)
     return json_response({"models": names, "agents": rows})
 
 

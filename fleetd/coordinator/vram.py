@@ -13,6 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -87,6 +88,26 @@ def exceeds(agent: Agent, model: str, size: int | None) -> str | None:
         f"{model} needs {human(size)} plus a {human(agent.margin_bytes)} margin; agent "
         f"{agent.name} has {human(total)} of GPU memory in all"
     )
+
+
+async def known_soon(sizes: ModelSizes, models: list[str], timeout: float = 1.5) -> None:
+    """Look up the sizes not known yet, waiting ``timeout`` at most (the rest stay unknown,
+    their look-ups go on)."""
+    unknown = [m for m in models if sizes.known(m) is None]
+    if unknown:
+        lookups = [asyncio.ensure_future(sizes.lookup(m)) for m in unknown]
+        await asyncio.wait(lookups, timeout=timeout)
+
+
+def too_large(agent: Agent, states: dict[str, Any], sizes: ModelSizes) -> dict[str, object]:
+    """A matrix row's ``missing`` models that cannot fit become ``too_large``; the row gets
+    ``reasons`` (model -> why) when any does."""
+    reasons: dict[str, str] = {}
+    for model, state in states.items():
+        if state == "missing" and (why := exceeds(agent, model, sizes.known(model))) is not None:
+            states[model] = "too_large"
+            reasons[model] = why
+    return {"reasons": reasons} if reasons else {}
 
 
 def fitting(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
