@@ -30,13 +30,14 @@ from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
 from fleetd.core.store import STORE, SqliteStore
+from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 log = logging.getLogger("fleetd.coordinator")
 
 
 def _prepare_data_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        tokens.private_dir(path)
     except OSError as e:
         raise StartupError(f"coordinator.data_dir = {str(path)!r}: {e.strerror}") from None
 
@@ -52,6 +53,7 @@ async def build_app(config: Config) -> web.Application:
     agent = await asyncio.to_thread(
         tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
     )
+    tokens.check_tokens(admin, agent, config.secrets.api_keys)
     store = SqliteStore(data_dir / "fleetd.db")
     try:
         await store.open()
@@ -68,6 +70,7 @@ async def build_app(config: Config) -> web.Application:
     app[SETTINGS] = c
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
     app[STORE] = store
+    app[THROTTLE] = Throttle()
     app[EVENTS] = EventBus()
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(store, app[EVENTS], c.heartbeat_timeout_s)
@@ -81,6 +84,7 @@ async def build_app(config: Config) -> web.Application:
         app[EVENTS].close_all()
 
     app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
+    app.cleanup_ctx.append(run_throttle)
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.on_shutdown.append(end_streams)

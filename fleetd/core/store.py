@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -23,6 +24,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.core.errors import ApiError
+from fleetd.core.tokens import private_files
 from fleetd.core.wire import Agent, InstalledModel, Task
 
 log = logging.getLogger("fleetd.store")
@@ -153,8 +155,13 @@ class SqliteStore:
         await asyncio.wrap_future(self._ready)
 
     def _connect(self) -> sqlite3.Connection:
+        # Created owner-only before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's mode, so all three stay 0600 whatever the umask.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         conn.execute("PRAGMA journal_mode=WAL")
+        wal, shm = (self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))
+        private_files(self.path, wal, shm)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
