@@ -58,6 +58,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([client_ctx(), run_link, run_downloads, run_residency])
     app.cleanup_ctx.append(inference_api.run_upstreams)
     app.cleanup_ctx.append(run_throttle)
+    app.on_shutdown.append(inference_api.stop_serving)
     app.router.add_routes(status_api.routes)
     app.router.add_routes(orders_api.routes)
     app.router.add_routes(inference_api.routes)

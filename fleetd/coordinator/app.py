@@ -20,7 +20,7 @@ from fleetd.coordinator import (
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
-from fleetd.coordinator.gateway import gateway_ctx
+from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
@@ -29,6 +29,7 @@ from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
+from fleetd.core.server import SHUTDOWN_TIMEOUT_S
 from fleetd.core.store import STORE, SqliteStore
 from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
@@ -82,6 +83,7 @@ async def build_app(config: Config) -> web.Application:
 
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
+        await app[GATEWAY].stop(SHUTDOWN_TIMEOUT_S)
 
     app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
     app.cleanup_ctx.append(run_throttle)
