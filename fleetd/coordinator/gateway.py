@@ -11,6 +11,7 @@ a scan.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import time
 from collections import deque
@@ -59,6 +60,20 @@ def _stopping() -> ApiError:
 
 def models_starting(message: str) -> ApiError:
     return ApiError(503, "models_starting", message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def out_of_descriptors(e: BaseException) -> bool:
+    """Whether ``e`` (or the OSError it wraps) is this process or system running out of file
+    descriptors (EMFILE/ENFILE): the coordinator's own resource error, never the agent's."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        os_error = getattr(seen, "os_error", None)
+        if isinstance(os_error, OSError) and os_error.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _load(a: Agent, in_flight: int) -> Load:
@@ -113,6 +128,7 @@ class Gateway:
         self._gauged: set[str] = set()
         self._flights: dict[str, set[proxy.Flight]] = {}
         self.stopping = False
+        self._overload_logged = -60.0
         self._idle = asyncio.Event()
         """Set once stopping and no request is in flight on any agent."""
         registry.on_change.append(self.agent_changed)
@@ -237,6 +253,25 @@ class Gateway:
         error = proxy.ShuttingDown(STOPPING)
         for flight in flights:
             flight.abort(error)
+
+    def _overloaded(self, e: BaseException) -> ApiError:
+        """The coordinator itself ran out of descriptors: not the agent's fault, so no
+        suspect, no failover (the next agent would fail the same way); logged once a minute."""
+        now = time.monotonic()
+        if now - self._overload_logged >= 60:
+            self._overload_logged = now
+            log.error(
+                "cannot open a connection to an agent: %s; answering 503 coordinator_overloaded "
+                "(raise LimitNOFILE, see docs/troubleshooting.md)",
+                e,
+            )
+        return ApiError(
+            503,
+            "coordinator_overloaded",
+            "the coordinator has too many open connections (Too many open files); "
+            "retry in a moment",
+            headers={"Retry-After": "1"},
+        )
 
     # -- in-flight accounting -------------------------------------------------------------
 
@@ -401,6 +436,8 @@ class Gateway:
                     timeout=proxy.TIMEOUT,
                 )
             except proxy.UPSTREAM_ERRORS as e:
+                if out_of_descriptors(e):
+                    raise self._overloaded(e) from None
                 raise _Retry(f"{what} unreachable: {e or type(e).__name__}") from None
             except asyncio.CancelledError:
                 if not flight.aborted:
