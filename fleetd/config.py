@@ -11,6 +11,7 @@ import re
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import msgspec
 
@@ -38,6 +39,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class MirrorConfig(_Section):
+    enabled: bool = True
+    max_bytes: int = 0
+    upstream_bandwidth_bps: int = 0
+
+
 class CoordinatorConfig(_Section):
     listen: str = "0.0.0.0:8080"
     data_dir: str = "/var/lib/fleetd"
@@ -53,6 +60,9 @@ class CoordinatorConfig(_Section):
     registry_url: str = "https://registry.ollama.ai"
     catalog_refresh_s: float = 3600.0
     keepalive_timeout_s: float = 20.0
+    database_url: str = ""
+    """Empty: SQLite in data_dir; ``postgresql://…``: PostgreSQL (``FLEETD_DATABASE_URL`` wins)."""
+    mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
 
 
 class OllamaServer(_Section):
@@ -118,6 +128,34 @@ def _check_url(key: str, value: str, *, allow_empty: bool = False) -> None:
         raise ConfigError(f"{key}: expected an http:// or https:// URL, got {value!r}")
 
 
+def redact_url(url: str) -> str:
+    """``url`` with its password replaced by ``***``, fit for logs and error messages."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return "<unparsable URL>"
+    if not password:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    netloc = f"{parts.username or ''}:***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def check_database_url(key: str, value: str) -> None:
+    if value == "":
+        return
+    if not re.match(r"^postgres(ql)?://", value):
+        raise ConfigError(
+            f"{key}: expected a postgresql:// URL (or empty for SQLite in data_dir), "
+            f"got {redact_url(value)!r}"
+        )
+    try:
+        urlsplit(value).port  # noqa: B018 - parsing is the check
+    except ValueError as e:
+        raise ConfigError(f"{key}: {e}, got {redact_url(value)!r}") from None
+
+
 def _positive(key: str, value: float, *, minimum: float = 0, strict: bool = True) -> None:
     if value < minimum or (strict and value == minimum):
         op = ">" if strict else ">="
@@ -136,6 +174,11 @@ def validate(cfg: Config) -> Config:
     _positive("agent.keepalive_timeout_s", a.keepalive_timeout_s)
     if c.queue_limit < 0:
         raise ConfigError(f"coordinator.queue_limit: expected an integer >= 0, got {c.queue_limit}")
+    for key in ("max_bytes", "upstream_bandwidth_bps"):
+        if getattr(c.mirror, key) < 0:
+            raise ConfigError(
+                f"coordinator.mirror.{key}: expected an integer >= 0, got {getattr(c.mirror, key)}"
+            )
     if not c.supported_models:
         raise ConfigError("coordinator.supported_models: expected at least one model, got []")
     normalized = []
@@ -151,6 +194,7 @@ def validate(cfg: Config) -> Config:
     c.supported_models = normalized
     _check_url("coordinator.library_url", c.library_url)
     _check_url("coordinator.registry_url", c.registry_url)
+    check_database_url("coordinator.database_url", c.database_url)
     _check_url("agent.coordinator_url", a.coordinator_url)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
     _check_url("agent.registry_url", a.registry_url)
@@ -236,7 +280,10 @@ def load(
         cfg = msgspec.convert(raw, Config)
     except msgspec.ValidationError as e:
         raise ConfigError(_dotted(str(e))) from None
-    cfg.secrets = _secrets_from_env(dict(os.environ) if env is None else env)
+    env = dict(os.environ) if env is None else env
+    cfg.secrets = _secrets_from_env(env)
+    if env.get("FLEETD_DATABASE_URL"):
+        cfg.coordinator.database_url = env["FLEETD_DATABASE_URL"]
     return validate(cfg)
 
 

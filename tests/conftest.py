@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.pg import PgServer, session_server
 from tests.procs import ADMIN_TOKEN, AGENT_TOKEN, SIM_GPU, Proc, write_toml
 
 TOKENS_ENV = {"FLEETD_ADMIN_TOKEN": ADMIN_TOKEN, "FLEETD_AGENT_TOKEN": AGENT_TOKEN}
@@ -48,6 +49,11 @@ class Fleet:
         **settings: Any,
     ) -> Proc:
         data_dir = data_dir or self._dir("coordinator")
+        # Hermetic: the coordinator asks its registry before ordering a model (issue 24); port 9
+        # refuses at once, so tests that do not set one behave the same with or without internet.
+        settings.setdefault("registry_url", "http://127.0.0.1:9")
+        # The registry mirror is on by default; tests that are not about it pull directly.
+        settings.setdefault("mirror", {"enabled": False})
         cfg = write_toml(data_dir.parent / f"{data_dir.name}.toml", {"coordinator": settings})
         p = self.start(
             [
@@ -122,6 +128,18 @@ def fleet(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Fleet]:
         for p in f.procs:
             print(f"----- {p.name} log -----\n{p.log}")
     f.close()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PgServer]:
+    """One real PostgreSQL for the whole session, started by the first test that asks."""
+    yield from session_server()
+
+
+@pytest.fixture
+def pg_url(postgres: PgServer) -> str:
+    """A fresh, empty database on the session's PostgreSQL (URL with password)."""
+    return postgres.create_database()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

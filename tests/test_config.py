@@ -50,6 +50,15 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
             "[coordinator]\nheartbeat_timeout_s = -1",
             "coordinator.heartbeat_timeout_s: expected a number > 0",
         ),
+        (
+            '[coordinator]\ndatabase_url = "mysql://u:hunter2@db/fleet"',
+            "coordinator.database_url: expected a postgresql:// URL (or empty for SQLite in "
+            "data_dir), got 'mysql://u:***@db/fleet'",
+        ),
+        (
+            '[coordinator]\ndatabase_url = "postgresql://u:hunter2@db:port/fleet"',
+            "coordinator.database_url: Port could not be cast to integer value",
+        ),
         ("[agent]\nollama = []", "agent.ollama: expected at least one [[agent.ollama]] entry"),
         ("[nonsense]\nx = 1", "nonsense: unknown key"),
         ("[agent\n", "invalid TOML"),
@@ -82,6 +91,21 @@ def test_secrets_come_from_the_environment() -> None:
     assert cfg.secrets.admin_token == "a"
     assert cfg.secrets.agent_token is None
     assert cfg.secrets.api_keys == ("k1", "k2")
+
+
+def test_database_url_comes_from_the_file_or_the_environment(tmp_path: Path) -> None:
+    assert config.load(None, env={}).coordinator.database_url == ""
+    path = write(tmp_path, '[coordinator]\ndatabase_url = "postgres://fleetd@db/fleet"')
+    assert config.load(path, env={}).coordinator.database_url == "postgres://fleetd@db/fleet"
+    env = {"FLEETD_DATABASE_URL": "postgresql://fleetd:pw@other/fleet"}
+    assert config.load(path, env=env).coordinator.database_url == env["FLEETD_DATABASE_URL"]
+    with pytest.raises(config.ConfigError, match=r"coordinator\.database_url: "):
+        config.load(None, env={"FLEETD_DATABASE_URL": "sqlite:///x.db"})
+
+
+def test_redact_url_hides_only_the_password() -> None:
+    assert config.redact_url("postgresql://u:p%40ss@h:5/d?x=1") == "postgresql://u:***@h:5/d?x=1"
+    assert config.redact_url("postgresql://u@h/d") == "postgresql://u@h/d"
 
 
 def test_supported_models_are_normalized() -> None:

@@ -134,6 +134,7 @@ class Link:
                 version=__version__,
                 ollama_versions=versions,
                 models=models,
+                heartbeat_interval_s=self.rt.config.heartbeat_interval_s,
             )
             try:
                 reply = await self._post("/api/agents", reg)
@@ -162,6 +163,8 @@ class Link:
                 )
             else:
                 self.rt.agent_id = reply.id
+                self.rt.mirror_url = self.base if reply.mirror else ""
+                self.rt.mirror_known.set()
                 await self.rt.set_supported(reply.supported_models)
                 log.info("registered with %s as agent %s (%s)", self.base, reply.id, self.rt.name)
                 return
@@ -184,6 +187,7 @@ class Link:
             loaded_models=sorted(rt.readiness.loaded),
         )
         reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)
+        rt.mirror_url = self.base if reply.mirror else ""
         await rt.set_supported(reply.supported_models)
 
     async def run(self) -> None:

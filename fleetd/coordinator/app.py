@@ -22,6 +22,8 @@ from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
+from fleetd.coordinator.mirror import routes as mirror_routes
+from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core import tokens
@@ -30,7 +32,7 @@ from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
 from fleetd.core.server import SHUTDOWN_TIMEOUT_S
-from fleetd.core.store import STORE, SqliteStore
+from fleetd.core.store import STORE, SqliteStore, Store
 from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 log = logging.getLogger("fleetd.coordinator")
@@ -55,11 +57,20 @@ async def build_app(config: Config) -> web.Application:
         tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
     )
     tokens.check_tokens(admin, agent, config.secrets.api_keys)
-    store = SqliteStore(data_dir / "fleetd.db")
-    try:
-        await store.open()
-    except Exception as e:
-        raise StartupError(f"coordinator.data_dir: cannot open database {store.path}: {e}") from e
+    store: Store
+    if c.database_url:
+        from fleetd.core.pgstore import open_pg_store
+
+        store = await open_pg_store(c.database_url, "coordinator.database_url")
+    else:
+        sqlite = SqliteStore(data_dir / "fleetd.db")
+        try:
+            await sqlite.open()
+        except Exception as e:
+            raise StartupError(
+                f"coordinator.data_dir: cannot open database {sqlite.path}: {e}"
+            ) from e
+        store = sqlite
 
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(
@@ -89,6 +100,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(run_throttle)
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
+    app.cleanup_ctx.append(mirror_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)
@@ -96,5 +108,6 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

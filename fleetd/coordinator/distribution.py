@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Literal
 
@@ -45,6 +45,7 @@ from fleetd.core.wire import (
     ProgressReport,
     Task,
     TaskUpdate,
+    next_revision,
     utcnow,
 )
 
@@ -87,6 +88,8 @@ class Distribution:
         self._syncing: dict[str, asyncio.Lock] = {}
         self._order_locks: dict[str, asyncio.Lock] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        self.on_task: list[Callable[[Task], None]] = []
+        """Called on every change of a task (the gateway follows downloads under way)."""
         registry.on_online.append(self._agent_online)
         registry.on_offline.append(self._agent_offline)
 
@@ -115,8 +118,11 @@ class Distribution:
         await self.store.save_tasks(batch)
 
     def _changed(self, t: Task) -> None:
+        t.revision = next_revision()
         self._dirty.add(t.id)
         self.events.publish("task", t)
+        for fn in self.on_task:
+            fn(t)
 
     # -- background jobs -----------------------------------------------------------------
 
@@ -339,6 +345,8 @@ class Distribution:
         if u.total_bytes > 0:
             t.progress = round(min(1.0, u.completed_bytes / u.total_bytes), 4)
         t.speed_bps, t.eta_s = u.speed_bps, u.eta_s
+        if u.source:
+            t.source = u.source
         if u.status == "completed" or u.status == "failed" or u.status == "cancelled":
             self._finish(t, u.status, u.error)
             return True

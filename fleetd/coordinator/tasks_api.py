@@ -11,6 +11,8 @@ from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
 from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, MatrixState
+from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
@@ -79,6 +81,14 @@ async def create_distribution(request: web.Request) -> web.Response:
     new: list[Task] = []
     warnings: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
+    if any(
+        dist.active_task(a.id, model) is None
+        and (if_installed == "redownload" or not dist.is_installed(a.id, model))
+        for a in targets
+    ):
+        # Before any task exists, and with no await between the decisions below and create().
+        if (warning := await check_registry(request.app, model)) is not None:
+            warnings.append(warning)
     for agent in targets:
         active = dist.active_task(agent.id, model)
         if active is not None:
@@ -116,6 +126,15 @@ async def create_distribution(request: web.Request) -> web.Response:
         t = dist.create(agent, model, redownload=if_installed == "redownload")
         new.append(t)
         tasks.append(t)
+    if any(t.redownload for t in new) and not request.app[GATEWAY].can_serve(model):
+        # The new tasks already took the model out of their agents' pools.
+        warnings.append(
+            {
+                "code": "no_agent_left",
+                "message": f"after this order no agent can serve {model} until a re-download "
+                f"completes: requests for {model} wait in the gate (at most queue_timeout_s)",
+            }
+        )
     if new:
         await dist.launch(new)
     body: dict[str, Any] = {"tasks": tasks, "warnings": warnings, "errors": errors}

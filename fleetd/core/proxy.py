@@ -98,12 +98,13 @@ class Flight:
     """One request relayed to an upstream, so that it can be ended from outside (its agent
     went offline, this process is stopping): a hung upstream must not hold its client."""
 
-    __slots__ = ("aborted", "task", "upstream")
+    __slots__ = ("aborted", "task", "upstream", "why")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.upstream: aiohttp.ClientResponse | None = None
         self.aborted = False
+        self.why = ""
 
     def abort(self, error: aiohttp.ClientConnectionError) -> None:
         if self.upstream is None:
@@ -111,6 +112,7 @@ class Flight:
             # task is cancelled and its handler answers (``aborted`` tells it why).
             if self.task is not None and not self.aborted:
                 self.aborted = True
+                self.why = str(error)
                 self.task.cancel()
         elif not self.upstream.content.is_eof():
             # Mid-reply: the relay sees a broken upstream and tells the client ``error``.

@@ -3,7 +3,7 @@
 ``Store`` is the small interface the coordinator uses; ``SqliteStore`` implements it with one
 thread owning the connection (WAL). Coroutines enqueue work and await a future; the thread
 drains everything queued and commits once, so many small writes cost one transaction.
-A PostgreSQL store would implement the same methods.
+``PgStore`` (core/pgstore.py) implements the same methods on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -75,6 +75,14 @@ MIGRATIONS: list[str] = [
 ]
 
 
+class StoreUnavailable(ApiError):
+    """The database cannot be reached or written right now: answered as 503
+    ``store_unavailable``; the store recovers by itself once the database is back."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(503, "store_unavailable", message, headers={"Retry-After": "5"})
+
+
 class Store(Protocol):
     """Persistence the coordinator needs; every method is safe to await on the event loop."""
 
@@ -93,13 +101,6 @@ class Store(Protocol):
 
 
 _STOP = object()
-
-
-class StoreUnavailable(ApiError):
-    """The database cannot be written (a full disk, an I/O error): 503 until it can again."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(503, "store_unavailable", message)
 
 
 class _Op:

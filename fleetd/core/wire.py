@@ -6,6 +6,8 @@ Timestamps are UTC datetimes (ISO 8601 on the wire).
 
 from __future__ import annotations
 
+import itertools
+import time
 from datetime import datetime, timezone
 from typing import Annotated, Literal
 
@@ -24,6 +26,21 @@ AGENT_PREFIX = "/fleetd"
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+_revisions = itertools.count(time.time_ns() // 1000)
+
+
+def next_revision() -> int:
+    """The ``revision`` for an agent or task that just changed.
+
+    Copies of one object reach a client by several ways (REST replies, SSE messages) and out
+    of order; the higher revision is the newer copy. One counter for all objects, started from
+    the clock in microseconds, so revisions keep growing across a coordinator restart (a
+    restart reloads objects whose last changes may not have been written) while staying
+    exact as JavaScript numbers.
+    """
+    return next(_revisions)
 
 
 class InstalledModel(msgspec.Struct, kw_only=True):
@@ -45,6 +62,8 @@ class Registration(msgspec.Struct, kw_only=True):
     version: str = ""
     ollama_versions: list[str] = msgspec.field(default_factory=list)
     models: list[InstalledModel] | None = None
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """How often the agent sends heartbeats; ``DEFAULT_HEARTBEAT_INTERVAL_S`` if absent."""
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
@@ -83,14 +102,20 @@ class Agent(msgspec.Struct, kw_only=True):
     memory_percent: float | None = None
     status_message: str = ""
     loaded_models: list[str] = msgspec.field(default_factory=list)
+    heartbeat_interval_s: float = 5.0
+    """As the agent reported it at registration: missing two makes it suspect."""
+    revision: int = 0
+    """Grows with every change (see ``next_revision``); ``version`` is fleetd's own."""
 
 
 class RegistrationReply(msgspec.Struct):
     """What an agent reads from the coordinator's reply to a registration or heartbeat: the
-    agent object itself (``id`` included) with the ``supported_models`` it must hold."""
+    agent object itself (``id`` included) with the ``supported_models`` it must hold, and
+    whether its Ollama pulls through the coordinator's registry ``mirror``."""
 
     id: str
     supported_models: list[str]
+    mirror: bool = False
 
 
 class Task(msgspec.Struct, kw_only=True):
@@ -109,11 +134,16 @@ class Task(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    source: str = ""
+    """Where the agent's Ollama pulls from: the coordinator's mirror, or the registry directly
+    (and why)."""
     redownload: bool = False
     agent_name: str = ""
     attempt: int = 0
     """Bumped by ``POST /api/tasks/{id}/retry``; the agent runs a task id again only for a
     higher attempt, so updates from an earlier attempt can be told apart and dropped."""
+    revision: int = 0
+    """Grows with every change (see ``next_revision``)."""
 
 
 class Order(msgspec.Struct, kw_only=True):
@@ -137,6 +167,7 @@ class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
     speed_bps: float = 0.0
     eta_s: float | None = None
     error: str | None = None
+    source: str = ""
 
 
 class ProgressReport(msgspec.Struct, kw_only=True):

@@ -1,17 +1,23 @@
-"""The SQLite store: round trips, batched writes from many coroutines, schema versioning."""
+"""The store contract, on SQLite and on PostgreSQL: round trips, batched writes from many
+coroutines, schema versioning. SQLite-only checks are here too; PostgreSQL-only ones are in
+test_pgstore.py."""
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
 import threading
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from fleetd.core.store import MIGRATIONS, SqliteStore, StoreUnavailable
+from fleetd.core.pgstore import PgStore
+from fleetd.core.store import MIGRATIONS, SqliteStore, Store, StoreUnavailable
 from fleetd.core.wire import Agent, InstalledModel, Task
+
+Opener = Callable[[], Awaitable[Store]]
 
 
 async def open_store(path: Path) -> SqliteStore:
@@ -20,8 +26,24 @@ async def open_store(path: Path) -> SqliteStore:
     return s
 
 
-async def test_agents_tasks_and_installed_survive_reopening(tmp_path: Path) -> None:
-    s = await open_store(tmp_path)
+@pytest.fixture(params=["sqlite", "postgres"])
+def reopen(request: pytest.FixtureRequest, tmp_path: Path) -> Opener:
+    """Opens the same database again on each call: SQLite in tmp_path or a fresh PostgreSQL
+    database of the session's server."""
+    if request.param == "sqlite":
+        return lambda: open_store(tmp_path)
+    url = request.getfixturevalue("pg_url")
+
+    async def open_pg() -> Store:
+        s = PgStore(url)
+        await s.open()
+        return s
+
+    return open_pg
+
+
+async def test_agents_tasks_and_installed_survive_reopening(reopen: Opener) -> None:
+    s = await reopen()
     a = Agent(id="a1", name="gpu-1", url="http://h:11435")
     t = Task(id="t1", agent_id="a1", model="gpt-oss:20b", status="downloading", progress=0.5)
     await asyncio.gather(
@@ -31,7 +53,7 @@ async def test_agents_tasks_and_installed_survive_reopening(tmp_path: Path) -> N
         s.set_kv("catalog", b"{}"),
     )
     await s.close()
-    s = await open_store(tmp_path)
+    s = await reopen()
     assert await s.load_agents() == [a]
     assert await s.load_tasks() == [t]
     assert await s.load_installed() == {"a1": [InstalledModel(name="qwen3-coder:30b", size=5)]}
@@ -40,8 +62,8 @@ async def test_agents_tasks_and_installed_survive_reopening(tmp_path: Path) -> N
     await s.close()
 
 
-async def test_many_concurrent_writes_all_land(tmp_path: Path) -> None:
-    s = await open_store(tmp_path)
+async def test_many_concurrent_writes_all_land(reopen: Opener) -> None:
+    s = await reopen()
     await asyncio.gather(
         *(s.save_tasks([Task(id=f"t{i}", agent_id="a", model="m:1")]) for i in range(300))
     )
@@ -50,23 +72,23 @@ async def test_many_concurrent_writes_all_land(tmp_path: Path) -> None:
     await s.close()  # idempotent
 
 
-async def test_replace_installed_replaces(tmp_path: Path) -> None:
-    s = await open_store(tmp_path)
+async def test_replace_installed_replaces(reopen: Opener) -> None:
+    s = await reopen()
     await s.replace_installed("a", [InstalledModel(name="x:1", size=1)])
     await s.replace_installed("a", [InstalledModel(name="y:1", size=2)])
     assert [m.name for m in (await s.load_installed())["a"]] == ["y:1"]
     await s.close()
 
 
-async def test_installed_as_of_is_kept_per_agent(tmp_path: Path) -> None:
-    s = await open_store(tmp_path)
+async def test_installed_as_of_is_kept_per_agent(reopen: Opener) -> None:
+    s = await reopen()
     first = datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=timezone.utc)
     later = datetime(2026, 11, 25, 9, 5, tzinfo=timezone.utc)
     await s.save_installed_as_of("a", first)
     await s.save_installed_as_of("b", first)
     await s.save_installed_as_of("b", later)
     await s.close()
-    s = await open_store(tmp_path)
+    s = await reopen()
     assert await s.load_installed_as_of() == {"a": first, "b": later}
     await s.close()
 
@@ -103,8 +125,8 @@ async def test_database_is_wal_and_versioned(tmp_path: Path) -> None:
         await open_store(tmp_path)
 
 
-async def test_closed_store_refuses_work(tmp_path: Path) -> None:
-    s = await open_store(tmp_path)
+async def test_closed_store_refuses_work(reopen: Opener) -> None:
+    s = await reopen()
     await s.close()
     with pytest.raises(RuntimeError, match="closed"):
         await s.load_agents()

@@ -4,6 +4,7 @@ and carries the compiled extensions for every platform it promises."""
 from __future__ import annotations
 
 import importlib.util
+import io
 import re
 import signal
 import subprocess
@@ -98,6 +99,16 @@ def test_pex_holds_compiled_extensions_for_every_platform(pex_file: Path) -> Non
         if not any(re.match(rf"{dist}-[^-]+-{py}-{py}-.*manylinux.*_{arch}", w) for w in wheels)
     ]
     assert not missing, f"missing wheels: {missing}"
+
+
+def test_pex_holds_every_dashboard_file(pex_file: Path) -> None:
+    """fleetd's own wheel inside the pex (a zip in the zip) carries the dashboard's package
+    data, every ES module included."""
+    with zipfile.ZipFile(pex_file) as z:
+        (wheel,) = [n for n in z.namelist() if re.match(r"\.deps/fleetd-[^/]+\.whl$", n)]
+        with zipfile.ZipFile(io.BytesIO(z.read(wheel))) as w:
+            held = {n.removeprefix("fleetd/web/") for n in w.namelist()}
+    assert {f.name for f in (ROOT / "fleetd" / "web").iterdir()} <= held
 
 
 def test_demo_runs_from_the_pex(pex_file: Path, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -28,6 +29,27 @@ def start_agent(fleet: Fleet, coord: Proc, name: str, *sim_args: str) -> tuple[P
     return sim, agent
 
 
+WEB = Path(__file__).resolve().parents[2] / "fleetd" / "web"
+
+
+def served_modules(client: httpx.Client) -> set[str]:
+    """The dashboard's ES modules reachable from the page's script, each checked to be served
+    as JavaScript (browsers refuse to run a module script of any other type)."""
+    page = client.get("/").text
+    todo = re.findall(r'<script type="module" src="/static/([\w.]+)"', page)
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        resp = client.get(f"/static/{name}")
+        assert resp.status_code == 200, name
+        assert resp.headers["content-type"].startswith("text/javascript"), name
+        todo += re.findall(r'^import .* from "\./([\w.]+)";$', resp.text, re.M)
+    return seen
+
+
 def agent_row(ui: Ui, name: str) -> Any:
     return ui.page.locator("table.agents tbody tr", has=ui.page.get_by_role("link", name=name))
 
@@ -40,6 +62,7 @@ def test_without_login_no_fleet_data_is_served(fleet: Fleet) -> None:
         assert page.status_code == 200 and "secret-gpu-7" not in page.text
         csp = page.headers["Content-Security-Policy"]
         assert "script-src 'self'" in csp and "unsafe-inline" not in csp
+        assert served_modules(anon) == {f.name for f in WEB.glob("*.js")}
         assert anon.get("/api/agents").status_code == 401
         assert anon.get("/api/events").status_code == 401
         assert anon.get("/api/tasks").status_code == 401
@@ -371,4 +394,89 @@ def test_a_large_fleet_is_listed_a_page_at_a_time_and_filtered(fleet: Fleet, ui:
     expect(cols).to_have_count(200)
     page.get_by_role("button", name="Show 200 more").click()
     expect(cols).to_have_count(400)
+    ui.assert_no_console_errors()
+
+
+def test_a_late_post_reply_does_not_overwrite_a_newer_state(fleet: Fleet, ui: Ui) -> None:
+    """The reply to a download's POST is held until the page has already been told, over SSE,
+    that the download failed; the stale ``queued`` reply arriving last must not bring back a
+    queued row with a Cancel button."""
+    coord = fleet.coordinator(supported_models=[SUPPORTED], library_url=closed_port_url())
+    fail = "llama3.2:1b@0.3:write /models/blob: no space left"
+    start_agent(
+        fleet, coord, "gpu-race", "--size-scale", "0.01", "--bandwidth", "4MB", "--fail", fail
+    )
+    ui.login(coord.url, ADMIN_TOKEN)
+    page = ui.page
+    page.get_by_role("link", name="gpu-race").click()
+    page.wait_for_selector(f"table.installed >> text={SUPPORTED}")
+    held: list[Any] = []
+    page.route("**/api/distributions", lambda route: held.append(route))
+
+    page.fill("input[name=model]", "llama3.2:1b")
+    page.click("form.inline-form button[type=submit]")
+    wait_until(lambda: held, what="the page's POST /api/distributions")
+    reply = held[0].fetch()  # the server creates the task now; the browser waits for this
+    sent = reply.json()["tasks"][0]
+    assert sent["status"] == "queued", sent
+    row = page.locator(f'table.tasks tr[data-task="{sent["id"]}"]')
+    expect(row).to_have_attribute("data-status", "failed", timeout=20_000)  # over SSE
+
+    held[0].fulfill(response=reply)
+    expect(page.locator(".dist-result")).to_contain_text("Sent llama3.2:1b to 1 agent")
+    page.evaluate("new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    expect(row).to_have_attribute("data-status", "failed")
+    expect(row.get_by_role("button", name="Retry")).to_be_visible()
+    expect(row.get_by_role("button", name="Cancel")).to_have_count(0)
+    with admin(coord.url) as c:
+        now = c.get(f"/api/tasks/{sent['id']}").json()
+    assert now["status"] == "failed" and now["revision"] > sent["revision"]
+    ui.assert_no_console_errors()
+
+
+def test_a_copy_older_than_the_one_held_is_never_merged(fleet: Fleet, ui: Ui) -> None:
+    """The page's one merge rule, whichever way a copy arrives: SSE message, REST reply or
+    snapshot. A copy replaces the held one only if its ``revision`` is not lower."""
+    coord = fleet.coordinator(supported_models=[SUPPORTED], library_url=closed_port_url())
+    page = ui.page
+    page.goto(coord.url + "/")
+    page.wait_for_selector("#login:not([hidden])")
+    result = page.evaluate(
+        """async () => {
+          const m = await import('/static/state.js');
+          const task = (revision, status) => ({id: 't1', agent_id: 'a1', revision, status});
+          const agent = (revision, status) => ({id: 'a1', name: 'a', revision, status});
+          const out = {};
+          m.mergeTask(task(7, 'failed'));
+          out.olderTaskTaken = m.mergeTask(task(6, 'queued'));
+          out.taskAfterOlder = m.S.tasks.get('t1').status;
+          out.sameTaken = m.mergeTask(task(7, 'failed'));
+          m.mergeAgent(agent(10, 'offline'));
+          out.olderAgentTaken = m.mergeAgent(agent(9, 'online'));
+          out.agentAfterOlder = m.S.agents.get('a1').status;
+          // A snapshot read before a newer copy arrived keeps the newer copy.
+          const mark = m.snapshotMark();
+          m.mergeTask(task(9, 'completed'));
+          m.mergeTask({id: 't2', agent_id: 'a1', model: 'n', revision: 1, status: 'queued'});
+          m.setSnapshot(mark, [agent(8, 'online')], [task(8, 'downloading')]);
+          out.afterSnapshot = [m.S.agents.get('a1').status, m.S.tasks.get('t1').status,
+                               m.S.tasks.has('t2')];
+          // Newer copies win, and a snapshot drops what it no longer lists.
+          out.newerTaken = m.mergeTask(task(10, 'queued'));
+          m.setSnapshot(m.snapshotMark(), [agent(11, 'online')], [task(11, 'cancelled')]);
+          out.afterSecondSnapshot = [m.S.agents.get('a1').status, m.S.tasks.get('t1').status,
+                                     m.S.tasks.has('t2')];
+          return out;
+        }"""
+    )
+    assert result == {
+        "olderTaskTaken": False,
+        "taskAfterOlder": "failed",
+        "sameTaken": True,
+        "olderAgentTaken": False,
+        "agentAfterOlder": "offline",
+        "afterSnapshot": ["offline", "completed", True],
+        "newerTaken": True,
+        "afterSecondSnapshot": ["online", "cancelled", False],
+    }
     ui.assert_no_console_errors()

@@ -1,0 +1,373 @@
+"""The ``Store`` on PostgreSQL, for coordinators that keep their state in a shared database.
+
+Same tables and schema versions as SQLite, in PostgreSQL's dialect (BYTEA, TIMESTAMPTZ,
+``ON CONFLICT`` upserts); applied versions are rows of ``fleetd_schema``, migrated under an
+advisory lock so that coordinators starting together migrate once. Rows hold the same msgpack
+bytes as SQLite's, so a SQLite database copies over byte for byte (``fleetd db migrate-sqlite``).
+
+Reads go straight to the pool. Writes are queued and one writer task commits everything
+queued in one transaction, as SqliteStore's thread does. A database that cannot be reached
+fails the call with ``StoreUnavailable`` (503); the pool replaces broken connections, so the
+store recovers by itself once PostgreSQL is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
+
+import asyncpg
+import msgspec
+
+from fleetd.config import redact_url
+from fleetd.core.errors import StartupError
+from fleetd.core.store import MIGRATIONS, StoreUnavailable
+from fleetd.core.wire import Agent, InstalledModel, Task
+
+log = logging.getLogger("fleetd.store")
+
+T = TypeVar("T")
+Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
+
+PG_MIGRATIONS: list[str] = [
+    # 1: agents, tasks, installed models, key-value cache
+    """
+    CREATE TABLE agents (
+        id TEXT PRIMARY KEY,
+        url TEXT NOT NULL,
+        instance_id TEXT NOT NULL DEFAULT '',
+        data BYTEA NOT NULL
+    );
+    CREATE INDEX agents_url ON agents(url);
+    CREATE INDEX agents_instance ON agents(instance_id);
+    CREATE TABLE tasks (
+        id TEXT PRIMARY KEY,
+        agent_id TEXT NOT NULL,
+        status TEXT NOT NULL,
+        data BYTEA NOT NULL
+    );
+    CREATE INDEX tasks_agent ON tasks(agent_id);
+    CREATE TABLE installed (
+        agent_id TEXT NOT NULL,
+        model TEXT NOT NULL,
+        data BYTEA NOT NULL,
+        PRIMARY KEY (agent_id, model)
+    );
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value BYTEA NOT NULL
+    );
+    """,
+    # 2: when each agent's installed models were last read, one row per agent
+    """
+    CREATE TABLE installed_as_of (
+        agent_id TEXT PRIMARY KEY,
+        as_of TIMESTAMPTZ NOT NULL
+    );
+    INSERT INTO installed_as_of(agent_id, as_of)
+        SELECT j.key, j.value::timestamptz
+        FROM kv, jsonb_each_text(convert_from(kv.value, 'UTF8')::jsonb) AS j
+        WHERE kv.key = 'installed_as_of';
+    DELETE FROM kv WHERE key = 'installed_as_of';
+    """,
+]
+assert len(PG_MIGRATIONS) == len(MIGRATIONS), "each SQLite schema version needs its PostgreSQL twin"
+
+TABLES = ("agents", "tasks", "installed", "installed_as_of", "kv")
+
+_MIGRATION_LOCK = 0x666C656574640001
+"""pg_advisory_xact_lock key: coordinators starting at once migrate one after the other."""
+
+CONNECT_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 30.0
+
+_UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # refused, unreachable, reset, name resolution
+    asyncio.TimeoutError,
+    asyncpg.InterfaceError,  # connection closed under us
+    asyncpg.PostgresConnectionError,  # class 08
+    asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, starting up
+    asyncpg.exceptions.InsufficientResourcesError,  # 53: disk full, too many connections
+    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after failover
+)
+
+
+def describe(e: BaseException, url: str) -> str:
+    """One line saying what went wrong, never the password (some errors echo the DSN)."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        password = None
+    for secret in {p for p in (password, unquote(password or "")) if p}:
+        text = text.replace(secret, "***")
+    return text
+
+
+class PgStore:
+    """PostgreSQL through an asyncpg pool; one writer task, batched commits."""
+
+    def __init__(self, url: str, *, max_connections: int = 4) -> None:
+        self.url = url
+        self.where = redact_url(url)
+        self.pool: Any = None
+        self._max = max_connections
+        self._pending: list[tuple[Callable[[Conn], Awaitable[None]], asyncio.Future[None]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._down = False
+        self._enc = msgspec.msgpack.Encoder()
+        self._agent_dec = msgspec.msgpack.Decoder(Agent)
+        self._task_dec = msgspec.msgpack.Decoder(Task)
+        self._model_dec = msgspec.msgpack.Decoder(InstalledModel)
+
+    async def open(self) -> None:
+        self.pool = await asyncpg.create_pool(
+            self.url,
+            # No connection floor: asyncpg would refill it in the background while the
+            # server is down, logging a traceback each time; requests reconnect on their own.
+            min_size=0,
+            max_size=self._max,
+            timeout=CONNECT_TIMEOUT_S,
+            command_timeout=COMMAND_TIMEOUT_S,
+        )
+        try:
+            async with self.pool.acquire() as conn:
+                await self._migrate(conn)
+        except BaseException:
+            await self.pool.close()
+            raise
+        self._writer = asyncio.create_task(self._write_loop(), name="fleetd-pgstore")
+
+    async def _migrate(self, conn: Conn) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
+            await conn.execute(
+                "CREATE TABLE IF NOT EXISTS fleetd_schema ("
+                " version INTEGER PRIMARY KEY,"
+                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
+            )
+            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM fleetd_schema")
+            if version > len(PG_MIGRATIONS):
+                raise RuntimeError(
+                    f"database {self.where} has schema version {version}, newer than this "
+                    f"fleetd ({len(PG_MIGRATIONS)}); upgrade fleetd"
+                )
+            for i, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
+                await conn.execute(script)
+                await conn.execute("INSERT INTO fleetd_schema(version) VALUES ($1)", i)
+                log.info("database %s migrated to schema version %d", self.where, i)
+
+    # -- failures ----------------------------------------------------------------------
+
+    def _unavailable(self, e: BaseException) -> StoreUnavailable:
+        reason = describe(e, self.url)
+        if not self._down:
+            self._down = True
+            log.warning("database %s unavailable: %s", self.where, reason)
+        return StoreUnavailable(f"the database cannot be reached ({reason}); try again shortly")
+
+    def _up(self) -> None:
+        if self._down:
+            self._down = False
+            log.info("database %s reachable again", self.where)
+
+    async def _with_conn(self, fn: Callable[[Conn], Awaitable[T]]) -> T:
+        """Run ``fn`` on a pooled connection; a connection broken by a database restart is
+        replaced and tried once more (every read and write here is idempotent)."""
+        for attempt in (1, 2):
+            try:
+                async with self.pool.acquire(timeout=CONNECT_TIMEOUT_S) as conn:
+                    result = await fn(conn)
+                self._up()
+                return result
+            except _UNAVAILABLE as e:
+                if attempt == 2:
+                    raise self._unavailable(e) from None
+        raise AssertionError("unreachable")
+
+    # -- writes --------------------------------------------------------------------------
+
+    async def _submit(self, op: Callable[[Conn], Awaitable[None]]) -> None:
+        if self._closed or self._writer is None or self._writer.done():
+            raise RuntimeError("store is closed")
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((op, fut))
+        self._wake.set()
+        await fut
+
+    async def _write_loop(self) -> None:
+        while not (self._closed and not self._pending):
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending, []
+            if batch:
+                await self._commit(batch)
+
+    async def _commit(
+        self, batch: list[tuple[Callable[[Conn], Awaitable[None]], asyncio.Future[None]]]
+    ) -> None:
+        """All of ``batch`` in one transaction; if one operation is refused, each runs in its
+        own so that only the faulty one fails."""
+
+        async def run(ops: list[Callable[[Conn], Awaitable[None]]]) -> None:
+            async def tx(conn: Conn) -> None:
+                async with conn.transaction():
+                    for op in ops:
+                        await op(conn)
+
+            await self._with_conn(tx)
+
+        def settle(fut: asyncio.Future[None], exc: BaseException | None) -> None:
+            if fut.done():  # the caller gave up waiting; the write stands regardless
+                return
+            if exc is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(exc)
+
+        try:
+            await run([op for op, _ in batch])
+        except StoreUnavailable as e:
+            for _, fut in batch:
+                settle(fut, StoreUnavailable(e.message))
+            return
+        except Exception as e:
+            if len(batch) == 1:
+                settle(batch[0][1], e)
+                return
+            for op, fut in batch:
+                try:
+                    await run([op])
+                except Exception as one:
+                    settle(fut, one)
+                else:
+                    settle(fut, None)
+            return
+        for _, fut in batch:
+            settle(fut, None)
+
+    async def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+        if not rows:
+            return
+
+        async def op(conn: Conn) -> None:
+            await conn.executemany(sql, rows)
+
+        await self._submit(op)
+
+    async def check(self) -> str | None:
+        """``None`` when the database answers, else why not (for ``/healthz``)."""
+        try:
+            await self._fetch("SELECT 1")
+        except StoreUnavailable as e:
+            return e.message
+        return None
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._wake.set()
+        if self._writer is not None:
+            await self._writer
+        if self.pool is not None:
+            try:
+                await asyncio.wait_for(self.pool.close(), 10)
+            except asyncio.TimeoutError:
+                log.error("database connections did not close within 10 s")
+                self.pool.terminate()
+
+    # -- the Store interface ---------------------------------------------------------------
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        if self._closed:
+            raise RuntimeError("store is closed")
+
+        async def fetch(conn: Conn) -> list[Any]:
+            return list(await conn.fetch(sql, *args))
+
+        return await self._with_conn(fetch)
+
+    async def load_agents(self) -> list[Agent]:
+        return [self._agent_dec.decode(r[0]) for r in await self._fetch("SELECT data FROM agents")]
+
+    async def save_agents(self, agents: Iterable[Agent]) -> None:
+        rows = [(a.id, a.url, a.instance_id, self._enc.encode(a)) for a in agents]
+        await self._write(
+            "INSERT INTO agents(id, url, instance_id, data) VALUES ($1,$2,$3,$4)"
+            " ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url,"
+            " instance_id = EXCLUDED.instance_id, data = EXCLUDED.data",
+            rows,
+        )
+
+    async def load_tasks(self) -> list[Task]:
+        return [self._task_dec.decode(r[0]) for r in await self._fetch("SELECT data FROM tasks")]
+
+    async def save_tasks(self, tasks: Iterable[Task]) -> None:
+        rows = [(t.id, t.agent_id, t.status, self._enc.encode(t)) for t in tasks]
+        await self._write(
+            "INSERT INTO tasks(id, agent_id, status, data) VALUES ($1,$2,$3,$4)"
+            " ON CONFLICT (id) DO UPDATE SET agent_id = EXCLUDED.agent_id,"
+            " status = EXCLUDED.status, data = EXCLUDED.data",
+            rows,
+        )
+
+    async def load_installed(self) -> dict[str, list[InstalledModel]]:
+        out: dict[str, list[InstalledModel]] = {}
+        for agent_id, data in await self._fetch("SELECT agent_id, data FROM installed"):
+            out.setdefault(agent_id, []).append(self._model_dec.decode(data))
+        return out
+
+    async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None:
+        rows = [(agent_id, m.name, self._enc.encode(m)) for m in models]
+
+        async def op(conn: Conn) -> None:
+            await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
+            if rows:
+                await conn.executemany(
+                    "INSERT INTO installed(agent_id, model, data) VALUES ($1,$2,$3)"
+                    " ON CONFLICT (agent_id, model) DO UPDATE SET data = EXCLUDED.data",
+                    rows,
+                )
+
+        await self._submit(op)
+
+    async def load_installed_as_of(self) -> dict[str, datetime]:
+        rows = await self._fetch("SELECT agent_id, as_of FROM installed_as_of")
+        return {agent_id: as_of for agent_id, as_of in rows}
+
+    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None:
+        await self._write(
+            "INSERT INTO installed_as_of(agent_id, as_of) VALUES ($1,$2)"
+            " ON CONFLICT (agent_id) DO UPDATE SET as_of = EXCLUDED.as_of",
+            [(agent_id, as_of)],
+        )
+
+    async def get_kv(self, key: str) -> bytes | None:
+        rows = await self._fetch("SELECT value FROM kv WHERE key = $1", key)
+        return bytes(rows[0][0]) if rows else None
+
+    async def set_kv(self, key: str, value: bytes) -> None:
+        await self._write(
+            "INSERT INTO kv(key, value) VALUES ($1,$2)"
+            " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            [(key, value)],
+        )
+
+
+async def open_pg_store(url: str, key: str) -> PgStore:
+    """A ready PgStore, or a ``StartupError`` of one line naming ``key``, password hidden."""
+    store = PgStore(url)
+    try:
+        await store.open()
+    except Exception as e:
+        raise StartupError(
+            f"{key} = {redact_url(url)!r}: cannot open the database: {describe(e, url)}"
+        ) from None
+    return store
