@@ -256,7 +256,8 @@ class Registry:
         try:
             await self.store.save_agents(batch)
         except BaseException:
-            self._dirty.update(a.id for a in batch)  # written by the next flush that works
+            # Not lost: the next flush writes them again with whatever changed since.
+            self._dirty.update(a.id for a in batch)
             raise
 
     async def run(self) -> None:
