@@ -21,7 +21,7 @@ AGENT = {"Authorization": f"Bearer {AGENT_TOKEN}"}
 
 
 def registration(n: int) -> dict[str, Any]:
-    return {"name": f"gpu-{n}" + "x" * 200, "url": f"http://127.0.0.1:9/{n}", "gpus": [SIM_GPU]}
+    return {"name": f"gpu-{n}" + "x" * 100, "url": f"http://127.0.0.1:9/{n}", "gpus": [SIM_GPU]}
 
 
 async def test_full_disk_answers_503_and_healthz_degraded_until_space_returns(
@@ -37,7 +37,7 @@ async def test_full_disk_answers_503_and_healthz_degraded_until_space_returns(
     pages = await store._submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
     # SQLite's own page limit fails writes exactly as a full disk does.
     await store._submit(lambda c: c.execute(f"PRAGMA max_page_count={pages}").fetchone())
-    for n in range(500):
+    for n in range(2000):
         r = await client.post("/api/agents", json=registration(n), headers=AGENT)
         if r.status != 200:
             break
