@@ -347,7 +347,7 @@ class SqliteStore:
                 key = "id" if table == "agents" else "agent_id"
                 c.execute(f"DELETE FROM {table} WHERE {key} = ?", (agent_id,))
 
-        await self._submit(write)
+        await self._submit(write, writes=True)
 
     async def delete_tasks(self, task_ids: Iterable[str]) -> None:
         await self._write("DELETE FROM tasks WHERE id = ?", [(i,) for i in task_ids])
