@@ -37,6 +37,7 @@ from fleetd.core.wire import (
     TERMINAL,
     InstalledModel,
     Order,
+    TaskKind,
     TaskStatus,
     TaskUpdate,
     clip,
@@ -74,6 +75,7 @@ class Entry(msgspec.Struct, kw_only=True):
     """For a re-download: the old copy is already removed (never remove it twice)."""
     source: str = ""
     """Where it pulls from: the coordinator's mirror, or the registry directly and why."""
+    kind: TaskKind = "download"
 
     def update(self) -> TaskUpdate:
         return TaskUpdate(
@@ -244,6 +246,7 @@ class Downloads:
             model=order.model,
             redownload=order.redownload,
             attempt=order.attempt,
+            kind=order.kind,
             completed_bytes=e.completed_bytes if e is not None and e.status != "completed" else 0,
             server=e.server if e is not None else "",
         )
@@ -284,7 +287,7 @@ class Downloads:
 
     async def _run(self, e: Entry) -> None:
         try:
-            await self._download(e)
+            await (self._delete(e) if e.kind == "delete" else self._download(e))
         except asyncio.CancelledError:
             if e.status != "cancelled":
                 raise  # shutting down: the entry stays unfinished and resumes on next start
@@ -297,7 +300,8 @@ class Downloads:
         else:
             e.status, e.error = "completed", None
             e.completed_bytes = max(e.completed_bytes, e.total_bytes)
-            log.info("task %s: %s downloaded (%s)", e.task_id, e.model, human(e.total_bytes))
+            if e.kind == "download":
+                log.info("task %s: %s downloaded (%s)", e.task_id, e.model, human(e.total_bytes))
         finally:
             self.running.pop(e.task_id, None)
             self._meters.pop(e.task_id, None)
@@ -340,6 +344,19 @@ class Downloads:
             e.speed_bps, e.eta_s = 0.0, None
             self._changed(e)
             await asyncio.sleep(delay)
+
+    async def _delete(self, e: Entry) -> None:
+        """Remove ``e.model`` from every server that has it; gone already counts as done."""
+        try:
+            tags = await self._tags()
+            for s in self.servers:
+                if e.model in tags.get(s.url, {}):
+                    await s.ollama.delete(e.model)
+                    log.info("task %s: %s deleted from %s", e.task_id, e.model, s.url)
+        except OllamaError as err:
+            raise Failed(str(err)) from None
+        finally:
+            self._installed_changed()
 
     async def _tags(self) -> dict[str, dict[str, InstalledModel]]:
         """Installed models per usable server URL; when none is usable, the last reason why."""

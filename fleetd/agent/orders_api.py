@@ -10,7 +10,7 @@ from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
 from fleetd.core.names import InvalidModelName, normalize
 from fleetd.core.ollama import OllamaError
-from fleetd.core.wire import AGENT_PREFIX, ModelList, Order
+from fleetd.core.wire import AGENT_PREFIX, ModelList, Order, TaskKind
 
 routes = web.RouteTableDef()
 
@@ -18,8 +18,19 @@ routes = web.RouteTableDef()
 @routes.post(AGENT_PREFIX + "/tasks")
 async def submit_order(request: web.Request) -> web.Response:
     """Queue a download; a repeated order gets the task's current state (idempotent)."""
+    return await _submit(request, "download")
+
+
+@routes.post(AGENT_PREFIX + "/deletes")
+async def submit_delete(request: web.Request) -> web.Response:
+    """Queue the removal of a model from every local Ollama server (idempotent likewise)."""
+    return await _submit(request, "delete")
+
+
+async def _submit(request: web.Request, kind: TaskKind) -> web.Response:
     require_coordinator(request)
     order = await read_json(request, Order, model_first=True)
+    order.kind = kind
     try:
         order.model = normalize(order.model)
     except InvalidModelName:

@@ -18,6 +18,7 @@ from fleetd.coordinator import (
     fleet_api,
     inference_api,
     loops,
+    model_delete,
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
@@ -122,6 +123,7 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(events_api.routes)
     app.router.add_routes(tasks_api.routes)
     app.router.add_routes(fleet_api.routes)
+    app.router.add_routes(model_delete.routes)
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)

@@ -45,6 +45,7 @@ from fleetd.core.wire import (
     Order,
     ProgressReport,
     Task,
+    TaskKind,
     TaskUpdate,
     next_revision,
     utcnow,
@@ -60,7 +61,9 @@ RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 ORPHAN_S = 3.0
 """A created task not dispatched within this time is ordered by the background loop."""
 
-MatrixState = Literal["installed", "downloading", "queued", "failed", "missing", "too_large"]
+MatrixState = Literal[
+    "installed", "downloading", "queued", "failed", "missing", "too_large", "deleting"
+]
 
 
 class AgentUnreachable(Exception):
@@ -228,12 +231,17 @@ class Distribution:
             agent = self.registry.get(t.agent_id)
             if agent is None:
                 return
-            order = Order(task_id=t.id, model=t.model, redownload=t.redownload, attempt=t.attempt)
+            order = Order(
+                task_id=t.id, model=t.model, redownload=t.redownload, attempt=t.attempt, kind=t.kind
+            )
+            # Deletes have their own path: an older agent answers 404 there instead of taking
+            # the order for a download.
+            path = "/deletes" if t.kind == "delete" else "/tasks"
             # One order at a time per agent, so its queue keeps the order tasks were created in.
             lock = self._order_locks.setdefault(agent.id, asyncio.Lock())
             try:
                 async with lock:
-                    status, body = await self._call(agent, "POST", "/tasks", order, ORDER_TIMEOUT)
+                    status, body = await self._call(agent, "POST", path, order, ORDER_TIMEOUT)
             except AgentUnreachable as e:
                 self._order_later(t, str(e))
                 return
@@ -246,6 +254,10 @@ class Distribution:
                 self._tries.pop(t.id, None)
                 if not self.apply(agent.id, update):  # cancelled while the order was on its way
                     await self._send_cancel(t)
+            elif t.kind == "delete" and status in (404, 405):
+                self._finish(
+                    t, "failed", f"agent {agent.name} cannot delete models (upgrade its fleetd)"
+                )
             elif 400 <= status < 500 and status not in (404, 408, 429):
                 self._finish(
                     t, "failed", f"agent {agent.name} refused the order: {error_message(body)}"
@@ -326,7 +338,9 @@ class Distribution:
                 return t
         return None
 
-    def create(self, agent: Agent, model: str, *, redownload: bool = False) -> Task:
+    def create(
+        self, agent: Agent, model: str, *, redownload: bool = False, kind: TaskKind = "download"
+    ) -> Task:
         """A new task (``waiting`` when its agent is offline); ``launch`` it next."""
         t = Task(
             id=uuid.uuid4().hex[:16],
@@ -334,12 +348,13 @@ class Distribution:
             agent_name=agent.name,
             model=model,
             redownload=redownload,
+            kind=kind,
             status="queued" if agent.status == "online" else "waiting",
         )
         self.tasks[t.id] = t
         self._changed(t)
         self._retry_at[t.id] = time.monotonic() + ORPHAN_S  # in case dispatch never comes
-        log.info("task %s: %s for agent %s (%s)", t.id, model, agent.name, agent.id)
+        log.info("task %s: %s %s for agent %s (%s)", t.id, kind, model, agent.name, agent.id)
         return t
 
     def apply(self, agent_id: str, u: TaskUpdate) -> bool:
@@ -376,7 +391,10 @@ class Distribution:
             t.progress = 1.0
             t.completed_bytes = max(t.completed_bytes, t.total_bytes)
             models = self.installed.setdefault(t.agent_id, {})
-            if t.model not in models:
+            if t.kind == "delete":
+                if models.pop(t.model, None) is not None:
+                    self._spawn(self.store.replace_installed(t.agent_id, list(models.values())))
+            elif t.model not in models:
                 models[t.model] = InstalledModel(
                     name=t.model, size=t.total_bytes, installed_at=t.finished_at
                 )

@@ -283,10 +283,11 @@ async def refuse(request: web.Request) -> web.Response:
     raise ApiError(
         501,
         "not_supported",
-        f"the fleetd coordinator does not {op} models (deleting, copying and uploading models "
-        "are outside fleetd's scope); use /api/pull to distribute a model to the fleet",
+        f"the fleetd coordinator does not {op} models (copying, creating and uploading models "
+        "are outside fleetd's scope); use /api/pull to distribute a model to the fleet and "
+        "DELETE /api/delete to remove one",
     )
 
 
-for _path in ("/api/delete", "/api/copy", "/api/create", "/api/push"):
+for _path in ("/api/copy", "/api/create", "/api/push"):
     routes.route("*", _path)(refuse)

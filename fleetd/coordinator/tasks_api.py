@@ -227,8 +227,12 @@ async def models_matrix(request: web.Request) -> web.Response:
     sizes = request.app[MODEL_SIZES]
     await known_soon(sizes, dist.supported)
     latest: dict[tuple[str, str], Task] = {}
+    deleting: set[tuple[str, str]] = set()
     for task in sorted(dist.tasks.values(), key=lambda t: t.created_at):
-        latest[(task.agent_id, task.model)] = task
+        if task.kind == "download":
+            latest[(task.agent_id, task.model)] = task
+        elif task.status not in TERMINAL:
+            deleting.add((task.agent_id, task.model))
     others = {m for models in dist.installed.values() for m in models}
     others |= {model for _, model in latest}
     names = list(dist.supported) + sorted(others - set(dist.supported))
@@ -238,7 +242,9 @@ async def models_matrix(request: web.Request) -> web.Response:
         for m in names:
             t = latest.get((a.id, m))
             state: MatrixState = "missing"
-            if t is not None and t.status == "downloading":
+            if (a.id, m) in deleting:
+                state = "deleting"
+            elif t is not None and t.status == "downloading":
                 state = "downloading"
             elif t is not None and t.status in ("queued", "waiting"):
                 state = "queued"

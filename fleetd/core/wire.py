@@ -52,6 +52,8 @@ def clip(text: str, limit: int) -> str:
 
 
 TaskStatus = Literal["queued", "downloading", "completed", "failed", "waiting", "cancelled"]
+TaskKind = Literal["download", "delete"]
+"""A delete task removes a model from one agent (``DELETE /api/delete`` on the coordinator)."""
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
 
 AGENT_PREFIX = "/fleetd"
@@ -189,6 +191,7 @@ class Task(msgspec.Struct, kw_only=True):
     source: str = ""
     """Where the agent's Ollama pulls from: the coordinator's mirror, or the registry directly
     (and why)."""
+    kind: TaskKind = "download"
     redownload: bool = False
     agent_name: str = ""
     attempt: int = 0
@@ -206,6 +209,7 @@ class Order(msgspec.Struct, kw_only=True):
     model: str
     redownload: bool = False
     attempt: Count = 0
+    kind: TaskKind = "download"
 
 
 class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
