@@ -4,6 +4,7 @@
 import { distribute } from "./distribute.js";
 import { badge, bar, fact, fmtBytes, fmtGiB, h, notice, pageHead, stat, table, timeEl } from "./dom.js";
 import { loadCatalog, loadInstalled } from "./load.js";
+import { agentActions } from "./operate.js";
 import { filterInput, loadingOr, pager } from "./render.js";
 import { S, agentState, sortedAgents, supportedSet } from "./state.js";
 import { sortTasks, taskTable } from "./tasks.js";
@@ -187,6 +188,14 @@ export function agentView(root, id) {
       h("h1", null, a.name),
       badge(agentState(a)),
       h("span", { class: "mono muted" }, a.url),
+      agentActions(a),
+      a.draining
+        ? h(
+            "p",
+            { class: "status-line" },
+            "Draining: no new requests or automatic downloads; what it runs finishes.",
+          )
+        : "",
       a.status_message ? h("p", { class: "status-line" }, a.status_message) : "",
     );
     facts.replaceChildren(
@@ -195,6 +204,10 @@ export function agentView(root, id) {
       fact("Load", loadSummary(a)),
       fact("Last seen", timeEl(a.last_seen)),
       fact("Registered", timeEl(a.registered_at)),
+      fact(
+        "Labels",
+        Object.entries(a.labels || {}).map(([k, v]) => h("span", { class: "tag" }, `${k}=${v}`)),
+      ),
       fact("Version", [
         a.version || "—",
         (a.ollama_versions || []).length ? ` · Ollama ${a.ollama_versions.join(", ")}` : "",

@@ -219,7 +219,35 @@ function distResult(req, res) {
     );
     out.push(box);
   }
-  for (const w of warnings.filter((x) => x.code !== "already_installed")) {
+  const tooLarge = warnings.filter((w) => w.code === "exceeds_vram");
+  if (tooLarge.length) {
+    const sub = h("div", { class: "dist-result" });
+    out.push(
+      notice(
+        "warn",
+        h("span", null, tooLarge.map((w) => w.message).join(" ")),
+        h(
+          "span",
+          { class: "inline-actions" },
+          h(
+            "button",
+            {
+              type: "button",
+              class: "small",
+              "data-action": "order-anyway",
+              onclick: (e) => {
+                e.currentTarget.parentElement.remove();
+                distribute({ ...req, agents: tooLarge.map((w) => w.agent_id), if_too_large: "order" }, sub);
+              },
+            },
+            "Order anyway",
+          ),
+        ),
+      ),
+      sub,
+    );
+  }
+  for (const w of warnings.filter((x) => x.code !== "already_installed" && x.code !== "exceeds_vram")) {
     const who = w.agent_id ? `${agentName(w.agent_id)}: ` : ""; // fleet-wide: registry_unreachable, no_agent_left
     out.push(notice("warn", `${who}${w.message || w.code}`));
   }

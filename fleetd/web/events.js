@@ -6,7 +6,7 @@ import { byId } from "./dom.js";
 import { loadSnapshot } from "./load.js";
 import { renderLive } from "./render.js";
 import { loadMirror } from "./mirror.js";
-import { S, mergeAgent, mergeTask } from "./state.js";
+import { S, forgetAgent, forgetTasks, mergeAgent, mergeTask } from "./state.js";
 
 let es = null;
 let retryTimer = 0;
@@ -35,6 +35,19 @@ export function connectEvents(recheck) {
   });
   source.addEventListener("task", (e) => {
     mergeTask(JSON.parse(e.data));
+    renderLive();
+  });
+  source.addEventListener("agent_removed", (e) => {
+    forgetAgent(JSON.parse(e.data).id);
+    renderLive();
+  });
+  source.addEventListener("task_removed", (e) => {
+    forgetTasks([JSON.parse(e.data).id]);
+    renderLive();
+  });
+  source.addEventListener("supported", (e) => {
+    S.supported = JSON.parse(e.data).models;
+    S.matrixStale = true;
     renderLive();
   });
   source.addEventListener("mirror", (e) => {

@@ -4,6 +4,7 @@
 import { openDistribute } from "./distribute.js";
 import { fmtBytes, fmtCount, fmtPct, h, notice, pageHead, table, withTag } from "./dom.js";
 import { loadCatalog, loadDetail, loadMatrix } from "./load.js";
+import { deleteModelButton, supportedEditor } from "./operate.js";
 import { pager, render } from "./render.js";
 import { S, supportedSet, tagList } from "./state.js";
 export function modelsView(root, tab) {
@@ -35,13 +36,16 @@ export function modelsView(root, tab) {
   });
   const banner = h("div");
   const body = h("div", { class: "card flush" });
+  const editor = supportedEditor();
   root.append(pageHead("Models", tabs, h("div", { class: "toolbar" }, search)), banner, body);
+  if (isMatrix) root.append(editor.card);
   document.title = `${isMatrix ? "Who has what" : "Available models"} · fleetd`;
   loadCatalog(true); // cheap when warm, and picks up a library that came back
   if (isMatrix) loadMatrix();
   return () => {
     banner.replaceChildren(...[catalogBanner()].filter(Boolean));
     const q = search.value.trim().toLowerCase();
+    editor.update();
     if (isMatrix) {
       if (S.matrixStale) loadMatrix();
       body.replaceChildren(matrixTable(q));
@@ -247,13 +251,14 @@ function matrixTable(q) {
         const state = (a.models || {})[m] || "missing";
         const t = live.get(`${a.id}|${withTag(m)}`) || live.get(`${a.id}|${m}`);
         const label = state === "downloading" ? (t ? fmtPct(t.progress) : "downloading") : state;
+        const why = (a.reasons || {})[m];
         return h(
           "td",
           { class: "cell", "data-agent": a.id },
           h(
             "span",
-            { class: `cell-state s-${state}`, "data-state": state },
-            state === "installed" ? "✓ installed" : label,
+            { class: `cell-state s-${state}`, "data-state": state, title: why || null },
+            state === "installed" ? "✓ installed" : state === "too_large" ? "too large" : label,
           ),
         );
       }),
@@ -265,6 +270,7 @@ function matrixTable(q) {
           { class: "small", "data-action": "distribute", onclick: () => openDistribute({ name: m }) },
           "Distribute",
         ),
+        supported.has(m) ? null : deleteModelButton(m),
       ),
     ),
   );
@@ -280,7 +286,7 @@ function matrixTable(q) {
     h(
       "p",
       { class: "foot muted legend" },
-      ["installed", "downloading", "queued", "failed", "missing"].map((s) =>
+      ["installed", "downloading", "queued", "failed", "missing", "too_large", "deleting"].map((s) =>
         h("span", { class: `cell-state s-${s}` }, s),
       ),
     ),

@@ -20,6 +20,9 @@ export const S = {
   installed: new Map(), // agent id -> GET /api/agents/{id}/models, or {error}
   installedStale: new Set(),
   mirror: null, // GET /api/mirror, then its `mirror` events
+  supported: null, // GET /api/supported-models: models, then its `supported` events
+  placement: [],
+  supportedError: "",
 };
 
 /* Copies of one agent or task arrive by several ways and out of order: the reply to the POST
@@ -66,6 +69,17 @@ export function mergeAgent(a) {
   return true;
 }
 
+/* An agent the operator removed (`agent_removed`): gone from every view. */
+export function forgetAgent(id) {
+  if (S.agents.delete(id)) S.matrixStale = true;
+  S.installed.delete(id);
+}
+
+/* Tasks cleared from the list (`task_removed`, or the reply to DELETE /api/tasks). */
+export function forgetTasks(ids) {
+  for (const id of ids) S.tasks.delete(id);
+}
+
 /* Taken just before the full lists are requested; passed to setSnapshot with them. */
 export function snapshotMark() {
   return merges;
@@ -107,6 +121,7 @@ export function clearState() {
 
 export function agentState(a) {
   if (!a || a.status === "offline") return "offline";
+  if (a.draining) return "draining";
   return a.initializing ? "initializing" : "online";
 }
 
@@ -120,7 +135,7 @@ export function sortedAgents() {
 }
 
 export function supportedSet() {
-  const names = (S.matrix && S.matrix.supported) || (S.catalog && S.catalog.supported_models) || [];
+  const names = S.supported || (S.catalog && S.catalog.supported_models) || [];
   return new Set(names);
 }
 

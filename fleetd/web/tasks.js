@@ -5,6 +5,7 @@ import { api } from "./api.js";
 import { badge, bar, byId, fmtBytes, fmtEta, fmtPct, fmtSpeed, h, notice, pageHead, table, timeEl } from "./dom.js";
 import { filterInput, loadingOr, pager, render } from "./render.js";
 import { mirrorCard } from "./mirror.js";
+import { clearTasksButton } from "./operate.js";
 import { ACTIVE, S, TASK_STATES, agentName, mergeTask } from "./state.js";
 
 export function sortTasks(tasks) {
@@ -46,7 +47,12 @@ export function taskTable(tasks, { agent = true, empty = "No downloads." } = {})
       h(
         "tr",
         { "data-task": t.id, "data-status": t.status, class: t.status === "failed" ? "has-error" : null },
-        h("td", null, h("span", { class: "strong" }, t.model)),
+        h(
+          "td",
+          null,
+          h("span", { class: "strong" }, t.model),
+          t.kind === "delete" ? h("span", { class: "tag", title: "Removes the model" }, "delete") : null,
+        ),
         agent
           ? h(
               "td",
@@ -132,9 +138,11 @@ export function tasksView(root, filter) {
   const search = filterInput("Filter by model or agent", "Filter by model or agent", pages);
   const body = h("div", { class: "card flush" });
   const mirror = h("div", { id: "mirror" });
-  root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), mirror, body);
+  const clear = h("span");
+  root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search, clear)), mirror, body);
   document.title = "Tasks · fleetd";
   const status = TASK_STATES.includes(filter) ? filter : "";
+  clear.replaceChildren(clearTasksButton(status));
   return () => {
     const all = [...S.tasks.values()];
     const counts = Object.fromEntries(TASK_STATES.map((s) => [s, 0]));
