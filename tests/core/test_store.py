@@ -80,6 +80,26 @@ async def test_replace_installed_replaces(reopen: Opener) -> None:
     await s.close()
 
 
+async def test_deleting_an_agent_and_tasks(reopen: Opener) -> None:
+    """A removed agent takes its installed list along; its tasks stay until cleared."""
+    s = await reopen()
+    when = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
+    for agent_id in ("a", "b"):
+        await s.save_agents([Agent(id=agent_id, name=agent_id, url=f"http://{agent_id}:1")])
+        await s.replace_installed(agent_id, [InstalledModel(name="x:1", size=1)])
+        await s.save_installed_as_of(agent_id, when)
+    await s.save_tasks([Task(id=f"t{i}", agent_id="a", model="x:1") for i in range(3)])
+    await s.delete_agent("a")
+    await s.delete_tasks(["t0", "t2"])
+    await s.close()
+    s = await reopen()
+    assert [a.id for a in await s.load_agents()] == ["b"]
+    assert list(await s.load_installed()) == ["b"]
+    assert await s.load_installed_as_of() == {"b": when}
+    assert [t.id for t in await s.load_tasks()] == ["t1"]
+    await s.close()
+
+
 async def test_installed_as_of_is_kept_per_agent(reopen: Opener) -> None:
     s = await reopen()
     first = datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=timezone.utc)
