@@ -86,3 +86,16 @@ def test_put_invalid_model_is_400_and_changes_nothing(fleet: Fleet) -> None:
     assert supported(c) == SMALL
     r2 = ctl(c.url, "supported", "--json")
     assert r2.code == 0 and r2.json()["models"] == SMALL
+
+
+def test_a_draining_agent_gets_no_automatic_download_until_undrained(fleet: Fleet) -> None:
+    _, c, _, agent_id = ready_fleet(fleet)
+    with admin(c.url) as cl:
+        assert cl.post(f"/api/agents/{agent_id}/drain").json()["draining"] is True
+        r = cl.put("/api/supported-models", json={"models": [*SMALL, EXTRA]})
+        assert r.status_code == 200, r.text
+        # The agent hears of the new list (its heartbeat counts 3 models) but gets no task.
+        wait_agent(c, total_models=3)
+        assert tasks(c, model=EXTRA) == []
+        assert cl.post(f"/api/agents/{agent_id}/undrain").json()["draining"] is False
+    wait_until(lambda: tasks(c, model=EXTRA, status="completed"), 30, what="EXTRA after undrain")
