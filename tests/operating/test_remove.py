@@ -23,6 +23,11 @@ EXTRA = "nomic-embed-text:latest"
 def test_remove_refused_while_online_then_gone_and_back_as_new(fleet: Fleet) -> None:
     c, _, ids = two_agent_fleet(fleet)
     gpu1 = ids["gpu-1"]
+    out = ctl(c.url, "drain", "gpu-1")
+    assert out.code == 0, out.err
+    assert out.out.startswith(f"agent gpu-1 ({gpu1}) is draining")
+    assert "online, draining" in ctl(c.url, "agents").out
+    assert ctl(c.url, "undrain", gpu1[:6], "--json").json()["draining"] is False
     with admin(c.url) as cl:
         r = cl.delete(f"/api/agents/{gpu1}")
         assert r.status_code == 409, r.text
