@@ -139,17 +139,19 @@ async def follow_model_sets(app: web.Application) -> AsyncIterator[None]:
     sets, sizes, gateway = app[MODEL_SETS], app[MODEL_SIZES], app[GATEWAY]
     gateway.holds = lambda a: fitting(a, sets.for_agent(a), sizes)
 
-    def changed() -> None:
+    def apply() -> None:
         gateway.set_supported(sets.everything())
         catalog = app[CATALOG]
         catalog.supported = list(sets.supported)
         catalog.supported_repos = {repo_name(m) for m in sets.supported}
-        dist = app[DISTRIBUTION]
-        dist.supported = sets.everything()
-        dist.resync()
+        app[DISTRIBUTION].supported = sets.everything()
+
+    def changed() -> None:
+        apply()
+        app[DISTRIBUTION].resync()
         app[EVENTS].publish("supported", {"models": sets.supported})
 
-    gateway.set_supported(sets.everything())  # the stored list may differ from the config's
+    apply()  # the stored list may differ from the config's the others started with
     sets.on_change.append(changed)
     yield
     sets.on_change.remove(changed)
