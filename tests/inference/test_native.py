@@ -116,7 +116,6 @@ def test_keep_alive_cannot_unload_a_supported_model(client: ollama.Client, share
 
 def test_model_management_is_refused_clearly(client: ollama.Client, shared: Setup) -> None:
     for call in (
-        lambda: client.delete(CHAT),
         lambda: client.copy(CHAT, "mine:1b"),
         lambda: client.create(model="mine:1b", from_=CHAT),
         lambda: client.push("mine:1b"),
@@ -124,9 +123,10 @@ def test_model_management_is_refused_clearly(client: ollama.Client, shared: Setu
         with pytest.raises(ollama.ResponseError) as err:
             call()
         assert err.value.status_code == 501 and "does not" in err.value.error
-    with pytest.raises(ollama.ResponseError) as denied:
-        client.pull(CHAT)
-    assert denied.value.status_code == 401
+    for admin_only in (lambda: client.pull(CHAT), lambda: client.delete(CHAT)):
+        with pytest.raises(ollama.ResponseError) as denied:
+            admin_only()
+        assert denied.value.status_code == 401
     with ollama.Client(host=shared.coordinator.url, headers={"Authorization": "Bearer nope"}) as c:
         with pytest.raises(ollama.ResponseError) as wrong:
             c.pull(CHAT)
@@ -135,3 +135,6 @@ def test_model_management_is_refused_clearly(client: ollama.Client, shared: Setu
         host=shared.coordinator.url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
     ) as c:
         assert c.pull(CHAT).status == "success"  # installed everywhere already
+        with pytest.raises(ollama.ResponseError) as supported:
+            c.delete(CHAT)  # the fleet must hold it: take it off the supported list first
+        assert supported.value.status_code == 409 and "supported" in supported.value.error
