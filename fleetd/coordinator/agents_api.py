@@ -8,6 +8,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
@@ -54,6 +55,9 @@ async def register_agent(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "name: must not be empty")
     supported = request.app[SETTINGS].supported_models
     agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
+    if reg.models is not None:
+        # No await since register: the distribution's sync, started by it, sees this list.
+        request.app[INVENTORY].report(agent.id, reg.models)
     return _reply(agent, supported)
 
 

@@ -21,6 +21,7 @@ from fleetd.coordinator import (
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import gateway_ctx
+from fleetd.coordinator.inventory import inventory_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
@@ -89,7 +90,9 @@ async def build_app(config: Config) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
 
-    app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
+    app.cleanup_ctx.extend(
+        [close_store, client_ctx(), run_registry, inventory_ctx, run_distribution]
+    )
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.on_shutdown.append(end_streams)

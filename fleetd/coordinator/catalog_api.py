@@ -21,7 +21,7 @@ from aiohttp import web
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.auth import require_admin
-from fleetd.coordinator.distribution import DISTRIBUTION
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.core import names
 from fleetd.core.background import background
 from fleetd.core.catalog import (
@@ -335,14 +335,14 @@ def catalog_ctx(
     settings: CoordinatorConfig,
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The cleanup_ctx entry for the catalog; the plugin is looked up now, so an unknown
-    ``coordinator.catalog`` fails start-up. Register it after the distribution's entry."""
+    ``coordinator.catalog`` fails start-up. Register it after the inventory's entry."""
     source_cls = load_plugin("fleetd.catalog", settings.catalog, "coordinator.catalog")
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        dist = app[DISTRIBUTION]
+        inventory = app[INVENTORY]
 
         def installed() -> Iterable[tuple[str, int]]:
-            return [(m.name, m.size) for models in dist.installed.values() for m in models.values()]
+            return [(m.name, m.size) for m in inventory.holdings()]
 
         source: Catalog = source_cls(
             session=app[CLIENT],

@@ -4,9 +4,8 @@ Tasks live in memory and in the store (written in batches every half second, and
 created). Every change is published as a ``task`` event. Orders go to an agent's API
 (``POST {agent}/fleetd/tasks``), are idempotent there, and are re-sent whenever the
 coordinator cannot be sure the agent has them: an order that failed, an agent that registered
-again or came back from offline, a coordinator that restarted. Each agent's installed models
-are kept as last reported, with the time they were read, so they can be shown when the agent
-is slow or gone.
+again or came back from offline, a coordinator that restarted. What each agent has installed
+is the inventory's (``inventory.py``): a completed task and the lists read from agents go there.
 
 Automatic distribution: whenever an agent registers or comes back, every supported model it
 lacks gets a task (unless one is already under way), and the rest are recorded as installed.
@@ -19,7 +18,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine
-from datetime import datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -27,19 +25,18 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import TOKENS
+from fleetd.coordinator.inventory import INVENTORY, Inventory
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
-from fleetd.core.names import InvalidModelName, normalize
 from fleetd.core.ollama import error_message
 from fleetd.core.store import STORE, Store
 from fleetd.core.wire import (
     AGENT_PREFIX,
     TERMINAL,
     Agent,
-    InstalledModel,
     ModelList,
     Order,
     ProgressReport,
@@ -68,17 +65,21 @@ class AgentUnreachable(Exception):
 
 class Distribution:
     def __init__(
-        self, store: Store, events: EventBus, registry: Registry, supported: list[str]
+        self,
+        store: Store,
+        events: EventBus,
+        registry: Registry,
+        inventory: Inventory,
+        supported: list[str],
     ) -> None:
         self.store = store
         self.events = events
         self.registry = registry
+        self.inventory = inventory
         self.supported = supported
         self.session: aiohttp.ClientSession | None = None
         self.agent_token = ""
         self.tasks: dict[str, Task] = {}
-        self.installed: dict[str, dict[str, InstalledModel]] = {}
-        self.as_of: dict[str, datetime] = {}
         self._dirty: set[str] = set()
         self._retry_at: dict[str, float] = {}
         """Task id -> monotonic time to send its order (again): it failed to reach the agent,
@@ -98,9 +99,6 @@ class Distribution:
     async def load(self) -> None:
         for t in await self.store.load_tasks():
             self.tasks[t.id] = t
-        for agent_id, models in (await self.store.load_installed()).items():
-            self.installed[agent_id] = {m.name: m for m in models}
-        self.as_of = await self.store.load_installed_as_of()
         active = [t for t in self.tasks.values() if t.status not in TERMINAL]
         for t in active:
             agent = self.registry.get(t.agent_id)
@@ -274,8 +272,8 @@ class Distribution:
                 "cancel of task %s: agent said HTTP %d: %s", t.id, status, error_message(body)
             )
 
-    async def fetch_models(self, agent: Agent) -> list[InstalledModel]:
-        """The agent's installed models, asked of the agent itself; recorded on success."""
+    async def fetch_models(self, agent: Agent) -> None:
+        """Ask the agent itself what it has installed, for the inventory."""
         status, body = await self._call(agent, "GET", "/models", None, MODELS_TIMEOUT)
         if status != 200:
             raise AgentUnreachable(
@@ -285,28 +283,7 @@ class Distribution:
             models = msgspec.json.decode(body, type=ModelList).models
         except msgspec.DecodeError as e:
             raise AgentUnreachable(f"agent {agent.id}: unreadable model list: {e}") from None
-        await self.record_installed(agent.id, models)
-        return models
-
-    # -- installed models ----------------------------------------------------------------
-
-    async def record_installed(self, agent_id: str, models: list[InstalledModel]) -> None:
-        by_name: dict[str, InstalledModel] = {}
-        for m in models:
-            try:
-                m.name = normalize(m.name)
-            except InvalidModelName:
-                continue
-            by_name[m.name] = m
-        old = self.installed.get(agent_id)
-        self.installed[agent_id] = by_name
-        as_of = self.as_of[agent_id] = utcnow()
-        if old is None or msgspec.json.encode(old) != msgspec.json.encode(by_name):
-            await self.store.replace_installed(agent_id, by_name.values())
-        await self.store.save_installed_as_of(agent_id, as_of)
-
-    def is_installed(self, agent_id: str, model: str) -> bool:
-        return model in self.installed.get(agent_id, {})
+        self.inventory.report(agent.id, models)
 
     # -- tasks ---------------------------------------------------------------------------
 
@@ -363,12 +340,8 @@ class Distribution:
         if status == "completed":
             t.progress = 1.0
             t.completed_bytes = max(t.completed_bytes, t.total_bytes)
-            models = self.installed.setdefault(t.agent_id, {})
-            if t.model not in models:
-                models[t.model] = InstalledModel(
-                    name=t.model, size=t.total_bytes, installed_at=t.finished_at
-                )
-                self._spawn(self.store.replace_installed(t.agent_id, list(models.values())))
+            # Before the task's change is published: its listeners see the model installed.
+            self.inventory.completed(t.agent_id, t.model, t.total_bytes, t.finished_at)
         self._retry_at.pop(t.id, None)
         self._tries.pop(t.id, None)
         if status == "failed":
@@ -400,27 +373,26 @@ class Distribution:
     # -- agents coming and going ---------------------------------------------------------
 
     def _agent_online(self, agent: Agent) -> None:
-        self._spawn(self.sync(agent.id, reported=self.registry.reported_models.get(agent.id)))
+        # A registration reports the agent's list right after this (see agents_api): the
+        # sync asks the agent only if no list came in between.
+        self._spawn(self.sync(agent.id, since=self.inventory.reports(agent.id)))
 
     def _agent_offline(self, agent: Agent) -> None:
         for t in self.tasks.values():
             if t.agent_id == agent.id and t.status not in TERMINAL:
                 self._set_waiting(t)
 
-    async def sync(
-        self, agent_id: str, *, ask: bool = True, reported: list[InstalledModel] | None = None
-    ) -> None:
-        """Bring an agent that (re)appeared up to date: learn what it has (``reported`` in its
-        registration; else with ``ask`` from the agent, else as last known), re-send the orders
-        it may have missed, and order every supported model it lacks."""
+    async def sync(self, agent_id: str, *, ask: bool = True, since: int | None = None) -> None:
+        """Bring an agent that (re)appeared up to date: learn what it has (with ``ask`` from
+        the agent, unless it reported its list since the inventory's count ``since``; else
+        as last known), re-send the orders it may have missed, and order every supported
+        model it lacks."""
         lock = self._syncing.setdefault(agent_id, asyncio.Lock())
         async with lock:
             agent = self.registry.get(agent_id)
             if agent is None or agent.status != "online":
                 return
-            if reported is not None:
-                await self.record_installed(agent_id, reported)
-            elif ask:
+            if ask and (since is None or self.inventory.reports(agent_id) == since):
                 try:
                     await self.fetch_models(agent)
                 except AgentUnreachable as e:
@@ -431,7 +403,7 @@ class Distribution:
             new = [
                 self.create(agent, m)
                 for m in self.supported
-                if not self.is_installed(agent_id, m) and self.active_task(agent_id, m) is None
+                if not self.inventory.has(agent_id, m) and self.active_task(agent_id, m) is None
             ]
             if new:
                 await self.launch(new)
@@ -441,8 +413,11 @@ DISTRIBUTION = web.AppKey("distribution", Distribution)
 
 
 async def run_distribution(app: web.Application) -> AsyncIterator[None]:
-    """Registered after the registry's entry (it needs the agents loaded) and the client's."""
-    dist = Distribution(app[STORE], app[EVENTS], app[REGISTRY], app[SETTINGS].supported_models)
+    """Registered after the entries of the registry (it needs the agents loaded), the
+    inventory and the client."""
+    dist = Distribution(
+        app[STORE], app[EVENTS], app[REGISTRY], app[INVENTORY], app[SETTINGS].supported_models
+    )
     dist.session = app[CLIENT]
     dist.agent_token = app[TOKENS].agent
     app[DISTRIBUTION] = dist

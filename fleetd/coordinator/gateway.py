@@ -16,7 +16,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 
 import aiohttp
@@ -27,6 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.distribution import DISTRIBUTION
+from fleetd.coordinator.inventory import INVENTORY, Inventory
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
@@ -126,12 +127,11 @@ class Gateway:
         registry: Registry,
         balancer: Callable[[], Balancer],
         metrics: Metrics,
-        installed: Mapping[str, Mapping[str, object]],
+        inventory: Inventory,
         tasks: Iterable[Task] = (),
     ) -> None:
         self.registry = registry
-        self.installed = installed
-        """Agent id -> its installed models by name, as the distribution keeps them."""
+        self.inventory = inventory
         self.supported = frozenset(settings.supported_models)
         self.queue_limit = settings.queue_limit
         self.queue_timeout_s = settings.queue_timeout_s
@@ -174,7 +174,7 @@ class Gateway:
             model in self.supported
             or model in self._holders
             # Agents not heard from since this coordinator started are not in _holders.
-            or any(model in models for models in self.installed.values())
+            or bool(self.inventory.agents_with(model))
         )
 
     def _offline_holders(self, model: str) -> list[str] | None:
@@ -185,7 +185,7 @@ class Gateway:
             return None
         offline: list[str] = []
         holders = [aid for aid, models in self._extra.items() if model in models]
-        holders += [aid for aid, models in self.installed.items() if model in models]
+        holders += self.inventory.agents_with(model)
         for agent_id in dict.fromkeys(holders):
             a = self.registry.agents.get(agent_id)
             if a is None or a.status == "online":
@@ -196,9 +196,7 @@ class Gateway:
     def _models(self, a: Agent) -> frozenset[str]:
         """The models other than the supported ones that ``a`` has (installed or loaded)."""
         extra = [m for m in a.loaded_models if m not in self.supported]
-        installed = self.installed.get(a.id)
-        if installed:
-            extra += [m for m in installed if m not in self.supported]
+        extra += [m for m in self.inventory.models(a.id) if m not in self.supported]
         return frozenset(extra) if extra else _EMPTY
 
     def _set_extra(self, agent_id: str, models: frozenset[str]) -> None:
@@ -228,9 +226,7 @@ class Gateway:
         """What ready agent ``a`` can serve: the models it has loaded or installed (every
         supported one while it reports them all ready), less those it is downloading."""
         models = set(a.loaded_models)
-        installed = self.installed.get(a.id)
-        if installed:
-            models.update(installed)
+        models.update(self.inventory.models(a.id))
         if a.ready_models >= a.total_models:
             models |= self.supported
         fetching = self._fetching.get(a.id)
@@ -567,7 +563,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def gateway_ctx(
     balancer: Callable[[], Balancer],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx entry, after the distribution's (it reads what agents have installed)."""
+    """A cleanup_ctx entry, after the inventory's and the distribution's."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         dist = app[DISTRIBUTION]
@@ -576,7 +572,7 @@ def gateway_ctx(
             app[REGISTRY],
             balancer,
             app[METRICS],
-            dist.installed,
+            app[INVENTORY],
             dist.tasks.values(),
         )
         dist.on_task.append(gateway.task_changed)

@@ -21,6 +21,7 @@ from fleetd import __version__
 from fleetd.coordinator.auth import require_admin, require_api_key
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
@@ -240,10 +241,10 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     if not online:
         raise ApiError(409, "no_agents", "no agent is online to pull to")
     dist = request.app[DISTRIBUTION]
+    inventory = request.app[INVENTORY]
     warning = None
     if any(
-        dist.active_task(a.id, model) is None and model not in dist.installed.get(a.id, {})
-        for a in online
+        dist.active_task(a.id, model) is None and not inventory.has(a.id, model) for a in online
     ):
         warning = await check_registry(request.app, model)
     tasks: list[Task] = []
@@ -252,7 +253,7 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     for agent in online:
         t = dist.active_task(agent.id, model)
         if t is None:
-            have = dist.installed.get(agent.id, {}).get(model)
+            have = inventory.get(agent.id, model)
             if have is not None:
                 done_bytes += have.size
                 continue

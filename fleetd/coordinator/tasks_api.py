@@ -12,6 +12,7 @@ from aiohttp import web
 from fleetd.coordinator.auth import require_admin, require_agent
 from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, MatrixState
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError, bad_request, not_found
@@ -83,7 +84,7 @@ async def create_distribution(request: web.Request) -> web.Response:
     errors: list[dict[str, str]] = []
     if any(
         dist.active_task(a.id, model) is None
-        and (if_installed == "redownload" or not dist.is_installed(a.id, model))
+        and (if_installed == "redownload" or not request.app[INVENTORY].has(a.id, model))
         for a in targets
     ):
         # Before any task exists, and with no await between the decisions below and create().
@@ -102,7 +103,7 @@ async def create_distribution(request: web.Request) -> web.Response:
                 }
             )
             continue
-        if dist.is_installed(agent.id, model) and if_installed != "redownload":
+        if request.app[INVENTORY].has(agent.id, model) and if_installed != "redownload":
             if if_installed == "warn":
                 warnings.append(
                     {
@@ -213,7 +214,7 @@ async def models_matrix(request: web.Request) -> web.Response:
     latest: dict[tuple[str, str], Task] = {}
     for task in sorted(dist.tasks.values(), key=lambda t: t.created_at):
         latest[(task.agent_id, task.model)] = task
-    others = {m for models in dist.installed.values() for m in models}
+    others = set(request.app[INVENTORY].names())
     others |= {model for _, model in latest}
     names = list(dist.supported) + sorted(others - set(dist.supported))
     rows = []
@@ -226,7 +227,7 @@ async def models_matrix(request: web.Request) -> web.Response:
                 state = "downloading"
             elif t is not None and t.status in ("queued", "waiting"):
                 state = "queued"
-            elif dist.is_installed(a.id, m):
+            elif request.app[INVENTORY].has(a.id, m):
                 state = "installed"
             elif t is not None and t.status == "failed":
                 state = "failed"
@@ -253,8 +254,9 @@ async def agent_models(request: web.Request) -> web.Response:
             reason = str(e)
     else:
         reason = f"agent {agent.name} is offline"
-    as_of: datetime | None = dist.as_of.get(agent_id)
-    models = sorted(dist.installed.get(agent_id, {}).values(), key=lambda m: m.name)
+    inventory = request.app[INVENTORY]
+    as_of: datetime | None = inventory.as_of(agent_id)
+    models = sorted(inventory.models(agent_id).values(), key=lambda m: m.name)
     body: dict[str, Any] = {"models": models, "source": source, "as_of": as_of}
     if reason:
         body["stale_reason"] = reason
@@ -273,5 +275,5 @@ async def agent_progress(request: web.Request) -> web.Response:
     registry.touch(agent_id)
     dist = request.app[DISTRIBUTION]
     if report.models is not None:
-        await dist.record_installed(agent_id, report.models)
+        request.app[INVENTORY].report(agent_id, report.models)
     return json_response(ProgressReply(cancel=dist.ingest(agent_id, report)))

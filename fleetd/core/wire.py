@@ -78,7 +78,6 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     memory_percent: float | None = None
     status_message: str = ""
     loaded_models: list[str] | None = None
-    models: list[InstalledModel] | None = None
 
 
 class Agent(msgspec.Struct, kw_only=True):
