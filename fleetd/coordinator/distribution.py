@@ -26,6 +26,7 @@ from aiohttp import web
 
 from fleetd.coordinator.auth import TOKENS
 from fleetd.coordinator.inventory import INVENTORY, Inventory
+from fleetd.coordinator.planning import plan
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import background
@@ -55,8 +56,6 @@ MODELS_TIMEOUT = aiohttp.ClientTimeout(total=2.5, connect=2)
 RETRY_BACKOFF_S = (1.0, 2.0, 5.0, 10.0, 30.0)
 ORPHAN_S = 3.0
 """A created task not dispatched within this time is ordered by the background loop."""
-
-MatrixState = Literal["installed", "downloading", "queued", "failed", "missing"]
 
 
 class AgentUnreachable(Exception):
@@ -287,11 +286,13 @@ class Distribution:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def active_task(self, agent_id: str, model: str) -> Task | None:
-        for t in self.tasks.values():
-            if t.agent_id == agent_id and t.model == model and t.status not in TERMINAL:
-                return t
-        return None
+    def active_for(self, model: str) -> dict[str, Task]:
+        """Agent id -> its unfinished task for ``model``."""
+        return {
+            t.agent_id: t
+            for t in self.tasks.values()
+            if t.model == model and t.status not in TERMINAL
+        }
 
     def create(self, agent: Agent, model: str, *, redownload: bool = False) -> Task:
         """A new task (``waiting`` when its agent is offline); ``launch`` it next."""
@@ -401,9 +402,15 @@ class Distribution:
                 if t.agent_id == agent_id and t.status not in TERMINAL:
                     self.dispatch(t)
             new = [
-                self.create(agent, m)
+                self.create(a, m)
                 for m in self.supported
-                if not self.inventory.has(agent_id, m) and self.active_task(agent_id, m) is None
+                for a in plan(
+                    m,
+                    [agent],
+                    active=self.active_for(m),
+                    holders=self.inventory.agents_with(m),
+                    if_installed="skip",
+                ).create
             ]
             if new:
                 await self.launch(new)
