@@ -10,10 +10,11 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
-from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable
+from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
+from fleetd.coordinator.orders import AgentUnreachable
 from fleetd.coordinator.planning import IF_INSTALLED, IF_OFFLINE, Plan, matrix, plan
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError, bad_request, not_found
