@@ -44,7 +44,8 @@ async def register_agent(request: web.Request) -> web.Response:
     except (msgspec.DecodeError, msgspec.ValidationError):
         gpus = ...  # not even an object: read_json names the problem below
     if gpus is None or gpus == []:
-        # Decided before anything else about the agent is looked at (interface.md).
+        # Decided before anything else about the agent is looked at: a host without GPU
+        # learns that first, whatever else is wrong with it (docs/api.md, registration).
         raise ApiError(
             403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
         )

@@ -1,4 +1,4 @@
-"""The gate (spec M6): while no agent is ready, requests wait in a bounded FIFO queue; an agent
+"""The gate: while no agent is ready, requests wait in a bounded FIFO queue; an agent
 becoming ready serves them in arrival order; past the limit or the time, 503 models_starting."""
 
 from __future__ import annotations
