@@ -160,6 +160,7 @@ class Gateway:
         for t in tasks:
             self.task_changed(t)
         registry.on_change.append(self.agent_changed)
+        inventory.on_change.append(self.installed_changed)
         registry.on_offline.append(self.agent_offline)
         for a in list(registry.agents.values()):
             # As the store knew them before a restart: an agent that was ready is a candidate
@@ -245,6 +246,14 @@ class Gateway:
             # Any news from the agent itself proves it is up again.
             self.suspect.discard(a.id)
         self._place(a)
+
+    def installed_changed(self, agent_id: str) -> None:
+        """Inventory listener: ``agent_id`` serves what it installed at once, not from its
+        next heartbeat on (and a suspect stays suspect: this is no heartbeat)."""
+        a = self.registry.agents.get(agent_id)
+        if a is not None:
+            self._set_extra(a.id, self._models(a))
+            self._place(a)
 
     def _place(self, a: Agent) -> None:
         """Put ``a`` in the pools of the models it serves now, with its current load."""
