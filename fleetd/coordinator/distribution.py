@@ -32,7 +32,7 @@ from fleetd.coordinator.task_table import TaskTable
 from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
-from fleetd.core.store import STORE, Store
+from fleetd.core.store import STORE, Store, StoreUnavailable
 from fleetd.core.wire import TERMINAL, Agent, ProgressReport, Task, TaskUpdate
 
 log = logging.getLogger("fleetd.distribution")
@@ -83,6 +83,8 @@ class Distribution:
             await asyncio.sleep(FLUSH_INTERVAL_S)
             try:
                 await self.tasks.flush()
+            except StoreUnavailable:
+                pass  # the store said why; the tasks stay dirty until it can write
             except Exception:
                 log.exception("writing tasks to the store failed; will retry")
             self.orders.resend_due(self.tasks.get)

@@ -24,7 +24,7 @@ from aiohttp import web
 
 from fleetd.core.background import background
 from fleetd.core.names import InvalidModelName, normalize
-from fleetd.core.store import STORE, Store
+from fleetd.core.store import STORE, Store, StoreUnavailable
 from fleetd.core.wire import InstalledModel, utcnow
 
 log = logging.getLogger("fleetd.inventory")
@@ -118,10 +118,6 @@ class Inventory:
         """The ids of the agents that have ``model``, online or not."""
         return frozenset(self._holders.get(model, ()))
 
-    def names(self) -> Iterable[str]:
-        """Every model some agent has."""
-        return self._holders.keys()
-
     def holdings(self) -> Iterator[InstalledModel]:
         """Every (agent, model) entry, one per agent that has it."""
         for models in self._models.values():
@@ -174,5 +170,7 @@ async def _flush_loop(inventory: Inventory) -> None:
         await asyncio.sleep(FLUSH_INTERVAL_S)
         try:
             await inventory.flush()
+        except StoreUnavailable:
+            pass  # the store said why; the lists stay dirty until it can write
         except Exception:
             log.exception("writing installed models to the store failed; will retry")
