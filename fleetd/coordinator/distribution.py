@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -102,7 +102,7 @@ class Distribution:
 
     # -- tasks ---------------------------------------------------------------------------
 
-    def active_for(self, model: str) -> dict[str, Task]:
+    def active_for(self, model: str) -> Mapping[str, Task]:
         """Agent id -> its unfinished task for ``model``."""
         return self.tasks.active_for(model)
 

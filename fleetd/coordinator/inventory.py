@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from datetime import datetime
 from types import MappingProxyType
 
@@ -32,6 +33,7 @@ log = logging.getLogger("fleetd.inventory")
 Listener = Callable[[str], None]
 
 _NONE: Mapping[str, InstalledModel] = MappingProxyType({})
+_NO_AGENTS: frozenset[str] = frozenset()
 
 
 class Inventory:
@@ -114,9 +116,10 @@ class Inventory:
         models = self._models.get(agent_id)
         return MappingProxyType(models) if models else _NONE
 
-    def agents_with(self, model: str) -> frozenset[str]:
-        """The ids of the agents that have ``model``, online or not."""
-        return frozenset(self._holders.get(model, ()))
+    def agents_with(self, model: str) -> AbstractSet[str]:
+        """The ids of the agents that have ``model``, online or not: a live view, not a copy
+        (O(1); read it before the next report)."""
+        return self._holders.get(model, _NO_AGENTS)
 
     def holdings(self) -> Iterator[InstalledModel]:
         """Every (agent, model) entry, one per agent that has it."""

@@ -5,10 +5,13 @@ database."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from types import MappingProxyType
 
 from fleetd.core.store import Store
 from fleetd.core.wire import TERMINAL, Task, next_revision
+
+_NONE: dict[str, Task] = {}
 
 
 class TaskTable:
@@ -35,9 +38,10 @@ class TaskTable:
     def __len__(self) -> int:
         return len(self._tasks)
 
-    def active_for(self, model: str) -> dict[str, Task]:
-        """Agent id -> its unfinished task for ``model`` (a copy)."""
-        return dict(self._active.get(model, {}))
+    def active_for(self, model: str) -> Mapping[str, Task]:
+        """Agent id -> its unfinished task for ``model``: a live read-only view (O(1), as
+        the sync of each of thousands of agents registering at once asks for it)."""
+        return MappingProxyType(self._active.get(model, _NONE))
 
     def active_of(self, agent_id: str) -> Iterator[Task]:
         """The agent's unfinished tasks (O(tasks): only when an agent comes or goes)."""
