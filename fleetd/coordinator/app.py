@@ -24,6 +24,7 @@ from fleetd.coordinator import (
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
+from fleetd.coordinator.inventory import inventory_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
@@ -110,6 +111,7 @@ async def build_app(config: Config) -> web.Application:
             client_ctx(headers={loops.HEADER: self_id}),
             sizes_ctx,
             run_registry,
+            inventory_ctx,
             run_distribution,
         ]
     )

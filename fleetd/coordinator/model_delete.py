@@ -13,11 +13,12 @@ from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin
 from fleetd.coordinator.distribution import DISTRIBUTION
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError
 from fleetd.core.http import json_response, read_json, request_model
-from fleetd.core.wire import TERMINAL, Task
+from fleetd.core.wire import Task
 
 routes = web.RouteTableDef()
 
@@ -42,11 +43,9 @@ async def delete_model(request: web.Request) -> web.Response:
     dist = request.app[DISTRIBUTION]
     registry = request.app[REGISTRY]
     holders = [
-        a
-        for agent_id, models in dist.installed.items()
-        if model in models and (a := registry.get(agent_id)) is not None
+        a for agent_id in request.app[INVENTORY].agents_with(model) if (a := registry.get(agent_id))
     ]
-    downloading = [t for t in dist.tasks.values() if t.model == model and t.status not in TERMINAL]
+    downloading = list(dist.active_for(model).values())
     if not holders and not downloading:
         # Ollama's own words for a model it does not have.
         raise ApiError(404, "model_not_found", f"model '{model}' not found on any agent")

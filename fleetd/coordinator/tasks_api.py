@@ -4,17 +4,27 @@ installed models, and the progress reports agents send."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
-from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, MatrixState
+from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
+from fleetd.coordinator.orders import AgentUnreachable
+from fleetd.coordinator.planning import (
+    IF_INSTALLED,
+    IF_OFFLINE,
+    IF_TOO_LARGE,
+    Plan,
+    matrix,
+    plan,
+)
 from fleetd.coordinator.registry import REGISTRY
-from fleetd.coordinator.vram import MODEL_SIZES, exceeds, known_soon, too_large
+from fleetd.coordinator.vram import MODEL_SIZES, known_soon, too_large
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
 from fleetd.core.names import InvalidModelName, normalize
@@ -22,9 +32,7 @@ from fleetd.core.wire import TERMINAL, Agent, ProgressReply, ProgressReport, Tas
 
 routes = web.RouteTableDef()
 
-IF_INSTALLED = ("warn", "skip", "redownload")
-IF_OFFLINE = ("fail", "retry-when-online")
-IF_TOO_LARGE = ("warn", "order")
+C = TypeVar("C", bound=str)
 
 
 class DistributionRequest(msgspec.Struct, kw_only=True):
@@ -42,12 +50,11 @@ def _model(name: str, param: str = "model") -> str:
         raise bad_request(f"{param}: invalid model name {name!r}", param=param) from None
 
 
-def _choice(value: str, choices: tuple[str, ...], param: str) -> str:
-    if value not in choices:
-        raise bad_request(
-            f"{param}: expected one of {', '.join(choices)}, got {value!r}", param=param
-        )
-    return value
+def _choice(value: str, choices: tuple[C, ...], param: str) -> C:
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise bad_request(f"{param}: expected one of {', '.join(choices)}, got {value!r}", param=param)
 
 
 def _targets(request: web.Request, agents: str | list[str]) -> list[Agent]:
@@ -80,66 +87,28 @@ async def create_distribution(request: web.Request) -> web.Response:
     if_offline = _choice(req.if_offline, IF_OFFLINE, "if_offline")
     if_too_large = _choice(req.if_too_large, IF_TOO_LARGE, "if_too_large")
     targets = _targets(request, req.agents)
-    dist = request.app[DISTRIBUTION]
-    tasks: list[Task] = []
-    new: list[Task] = []
-    warnings: list[dict[str, str]] = []
-    errors: list[dict[str, str]] = []
-    if any(
-        dist.active_task(a.id, model) is None
-        and (if_installed == "redownload" or not dist.is_installed(a.id, model))
-        for a in targets
-    ):
-        # Before any task exists, and with no await between the decisions below and create().
-        if (warning := await check_registry(request.app, model)) is not None:
-            warnings.append(warning)
-    size = request.app[MODEL_SIZES].known(model)
-    for agent in targets:
-        active = dist.active_task(agent.id, model)
-        if active is not None:
-            tasks.append(active)
-            warnings.append(
-                {
-                    "agent_id": agent.id,
-                    "code": "already_in_progress",
-                    "task_id": active.id,
-                    "message": f"{model} is already {active.status} on agent {agent.name}",
-                }
-            )
-            continue
-        if dist.is_installed(agent.id, model) and if_installed != "redownload":
-            if if_installed == "warn":
-                warnings.append(
-                    {
-                        "agent_id": agent.id,
-                        "code": "already_installed",
-                        "message": f"{model} is already installed on agent {agent.name}; "
-                        'send if_installed "skip" or "redownload" to choose',
-                    }
-                )
-            continue
-        if if_too_large == "warn" and (why := exceeds(agent, model, size)) is not None:
-            warnings.append(
-                {
-                    "agent_id": agent.id,
-                    "code": "exceeds_vram",
-                    "message": f'{why}: not ordered; send if_too_large "order" to order it anyway',
-                }
-            )
-            continue
-        if agent.status != "online" and if_offline == "fail":
-            errors.append(
-                {
-                    "agent_id": agent.id,
-                    "code": "agent_offline",
-                    "message": f"agent {agent.name} ({agent.id}) is offline; send if_offline "
-                    '"retry-when-online" to download when it is back',
-                }
-            )
-            continue
-        t = dist.create(agent, model, redownload=if_installed == "redownload")
-        new.append(t)
-        tasks.append(t)
+    dist, inventory = request.app[DISTRIBUTION], request.app[INVENTORY]
+
+    def planned() -> Plan:
+        return plan(
+            model,
+            targets,
+            active=dist.active_for(model),
+            holders=inventory.agents_with(model),
+            if_installed=if_installed,
+            if_offline=if_offline,
+            too_large=too_large(request.app[MODEL_SIZES]),
+            if_too_large=if_too_large,
+        )
+
+    warning = await check_registry(request.app, model) if planned().wanted else None
+    # Planned again after the check's await; none from here until the tasks exist.
+    p = planned()
+    warnings = ([warning] if warning is not None else []) + p.warnings
+    errors = p.errors
+    new = [dist.create(a, model, redownload=p.redownload) for a in p.create]
+    by_agent = {t.agent_id: t for t in p.under_way + new}
+    tasks = [t for a in targets if (t := by_agent.get(a.id)) is not None]
     if any(t.redownload for t in new) and not request.app[GATEWAY].can_serve(model):
         # The new tasks already took the model out of their agents' pools.
         warnings.append(
@@ -223,39 +192,16 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def models_matrix(request: web.Request) -> web.Response:
     """Agents × models; the supported models first, then any other one an agent has or gets."""
     require_admin(request)
-    dist = request.app[DISTRIBUTION]
-    sizes = request.app[MODEL_SIZES]
-    await known_soon(sizes, dist.supported)
-    latest: dict[tuple[str, str], Task] = {}
-    deleting: set[tuple[str, str]] = set()
-    for task in sorted(dist.tasks.values(), key=lambda t: t.created_at):
-        if task.kind == "download":
-            latest[(task.agent_id, task.model)] = task
-        elif task.status not in TERMINAL:
-            deleting.add((task.agent_id, task.model))
-    others = {m for models in dist.installed.values() for m in models}
-    others |= {model for _, model in latest}
-    names = list(dist.supported) + sorted(others - set(dist.supported))
-    rows = []
-    for a in request.app[REGISTRY].agents.values():
-        states: dict[str, MatrixState] = {}
-        for m in names:
-            t = latest.get((a.id, m))
-            state: MatrixState = "missing"
-            if (a.id, m) in deleting:
-                state = "deleting"
-            elif t is not None and t.status == "downloading":
-                state = "downloading"
-            elif t is not None and t.status in ("queued", "waiting"):
-                state = "queued"
-            elif dist.is_installed(a.id, m):
-                state = "installed"
-            elif t is not None and t.status == "failed":
-                state = "failed"
-            states[m] = state
-        row: dict[str, Any] = {"id": a.id, "name": a.name, "status": a.status, "models": states}
-        row.update(too_large(a, states, sizes))
-        rows.append(row)
+    inventory, sizes = request.app[INVENTORY], request.app[MODEL_SIZES]
+    await known_soon(sizes, request.app[DISTRIBUTION].supported)
+    agents = list(request.app[REGISTRY].agents.values())
+    names, rows = matrix(
+        agents,
+        request.app[DISTRIBUTION].supported,
+        request.app[DISTRIBUTION].tasks.values(),
+        {a.id: inventory.models(a.id).keys() for a in agents},
+        too_large(sizes),
+    )
     return json_response({"models": names, "agents": rows})
 
 
@@ -277,8 +223,9 @@ async def agent_models(request: web.Request) -> web.Response:
             reason = str(e)
     else:
         reason = f"agent {agent.name} is offline"
-    as_of: datetime | None = dist.as_of.get(agent_id)
-    models = sorted(dist.installed.get(agent_id, {}).values(), key=lambda m: m.name)
+    inventory = request.app[INVENTORY]
+    as_of: datetime | None = inventory.as_of(agent_id)
+    models = sorted(inventory.models(agent_id).values(), key=lambda m: m.name)
     body: dict[str, Any] = {"models": models, "source": source, "as_of": as_of}
     if reason:
         body["stale_reason"] = reason
@@ -305,5 +252,5 @@ async def agent_progress(request: web.Request) -> web.Response:
     registry.touch(agent_id)
     dist = request.app[DISTRIBUTION]
     if report.models is not None:
-        await dist.record_installed(agent_id, report.models)
+        request.app[INVENTORY].report(agent_id, report.models)
     return json_response(ProgressReply(cancel=dist.ingest(agent_id, report)))

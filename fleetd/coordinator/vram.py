@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 from aiohttp import web
@@ -99,15 +98,9 @@ async def known_soon(sizes: ModelSizes, models: list[str], timeout: float = 1.5)
         await asyncio.wait(lookups, timeout=timeout)
 
 
-def too_large(agent: Agent, states: dict[str, Any], sizes: ModelSizes) -> dict[str, object]:
-    """A matrix row's ``missing`` models that cannot fit become ``too_large``; the row gets
-    ``reasons`` (model -> why) when any does."""
-    reasons: dict[str, str] = {}
-    for model, state in states.items():
-        if state == "missing" and (why := exceeds(agent, model, sizes.known(model))) is not None:
-            states[model] = "too_large"
-            reasons[model] = why
-    return {"reasons": reasons} if reasons else {}
+def too_large(sizes: ModelSizes) -> Callable[[Agent, str], str | None]:
+    """``exceeds`` with the sizes known now, as planning takes it."""
+    return lambda agent, model: exceeds(agent, model, sizes.known(model))
 
 
 def fitting(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
