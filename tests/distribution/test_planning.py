@@ -82,3 +82,29 @@ def test_matrix_states_follow_the_latest_task_then_the_inventory() -> None:
     assert states["a3"][M] == "failed"
     assert states["a4"]["other:7b"] == "installed" and states["a4"]["zeta:1b"] == "installed"
     assert rows[3]["status"] == "offline" and rows[3]["name"] == "gpu-a4"
+
+
+def test_a_model_too_large_for_an_agent_warns_unless_ordered_anyway() -> None:
+    def too_large(a: Agent, model: str) -> str | None:
+        return "too big" if a.id == "small" else None
+
+    agents = [agent("big"), agent("small")]
+    p = plan(M, agents, active={}, holders=set(), too_large=too_large)
+    assert [a.id for a in p.create] == ["big"]
+    assert codes(p.warnings) == [("small", "exceeds_vram")]
+    forced = plan(M, agents, active={}, holders=set(), too_large=too_large, if_too_large="order")
+    assert [a.id for a in forced.create] == ["big", "small"] and forced.warnings == []
+
+
+def test_matrix_shows_too_large_with_its_reason_and_deleting() -> None:
+    deleting = Task(id="d", agent_id="a1", model="x:1", status="queued", kind="delete")
+    names, rows = matrix(
+        [agent("a1")],
+        [M],
+        [deleting],
+        {"a1": ["x:1"]},
+        lambda a, m: "needs 90 GB" if m == M else None,
+    )
+    assert names == [M, "x:1"]
+    assert rows[0]["models"] == {M: "too_large", "x:1": "deleting"}
+    assert rows[0]["reasons"] == {M: "needs 90 GB"}
