@@ -16,6 +16,7 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     inference_api,
+    keys_api,
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
@@ -24,6 +25,7 @@ from fleetd.coordinator.gateway import gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import accounts_ctx
 from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
@@ -92,6 +94,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
+    app.cleanup_ctx.append(accounts_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)
@@ -99,5 +102,6 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(keys_api.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

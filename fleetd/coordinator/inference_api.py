@@ -23,6 +23,7 @@ from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import ACCOUNTS
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, encode, json_response, read_json, request_model
 from fleetd.core.ollama import error_message
@@ -50,10 +51,12 @@ _STARTED = int(time.time())
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    require_api_key(request)
+    key = require_api_key(request)
     gateway = request.app[GATEWAY]
     body = await request.read()
-    return await gateway.forward(request, body, gateway.model_of(body))
+    model = gateway.model_of(body)
+    with request.app[ACCOUNTS].admit(request, key, model) as meter:
+        return meter.done(await gateway.forward(request, body, model))
 
 
 for _path in FORWARDED:

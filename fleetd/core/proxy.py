@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Protocol
 
 import aiohttp
 import msgspec
@@ -87,6 +88,18 @@ def stream_error(content_type: str, message: str) -> bytes:
 OK, BROKEN, CLIENT_GONE = "ok", "broken", "client_gone"
 
 
+class Meter(Protocol):
+    """Sees a relayed reply's bytes as they pass (the coordinator counts tokens with it)."""
+
+    def body(self, data: bytes) -> None: ...
+    def chunk(self, data: bytes) -> None: ...
+    def broken(self) -> None: ...
+
+
+METER = web.RequestKey("meter", Meter)
+"""Set on a request whose reply ``relay`` should show to a ``Meter``."""
+
+
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
@@ -102,6 +115,7 @@ async def relay(
     ``upstream``, so that a generation nobody reads stops.
     """
     headers = response_headers(upstream.headers, extra_headers)
+    meter = request.get(METER)
     if upstream.content_length is not None:
         try:
             body = await upstream.read()
@@ -109,6 +123,8 @@ async def relay(
             raise ApiError(
                 502, "upstream_failed", f"{what} failed mid-reply: {e or type(e).__name__}"
             ) from None
+        if meter is not None:
+            meter.body(body)
         return web.Response(status=upstream.status, body=body, headers=headers), OK
     out = web.StreamResponse(status=upstream.status, headers=headers)
     content = upstream.content
@@ -121,12 +137,16 @@ async def relay(
             except UPSTREAM_ERRORS as e:
                 sep = b"" if tail == b"\n" else b"\n\n"
                 message = f"{what} failed mid-stream: {e or type(e).__name__}"
+                if meter is not None:
+                    meter.broken()
                 await out.write(sep + stream_error(upstream.content_type, message))
                 await out.write_eof()
                 return out, BROKEN
             if not chunk:
                 break
             await out.write(chunk)
+            if meter is not None:
+                meter.chunk(chunk)
             tail = chunk[-1:]
         await out.write_eof()
     except ConnectionResetError:
