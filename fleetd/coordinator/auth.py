@@ -61,10 +61,10 @@ def require_agent(request: web.Request) -> None:
 
 def require_api_key(request: web.Request) -> KeyRow:
     """``/v1`` and native inference: the caller's key (``OPEN`` while there is no static
-    and no managed key, ``STATIC`` for one of FLEETD_API_KEYS)."""
+    and no managed key, not even a revoked one; ``STATIC`` for one of FLEETD_API_KEYS)."""
     static = request.app[TOKENS].api_keys
     ring = request.app[KEYS]
-    if not static and not ring.active:
+    if not static and not ring.exist:
         return OPEN
     for key in static:
         if check_token(request, key):

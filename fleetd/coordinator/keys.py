@@ -46,8 +46,10 @@ class KeyRing:
         self.revoked: set[str] = set()
 
     @property
-    def active(self) -> bool:
-        return bool(self.by_hash)
+    def exist(self) -> bool:
+        """Any managed key, revoked ones included: revoking the last key must not open the
+        fleet to everyone."""
+        return bool(self.by_id)
 
     def replace(self, rows: Iterable[KeyRow]) -> None:
         """The database's keys; last use times seen here and not yet written are kept."""

@@ -271,8 +271,13 @@ def test_open_fleet_ignores_keys_and_counts_usage(fleet: Fleet) -> None:
         c.chat.completions.create(model=CHAT, messages=MESSAGES)  # type: ignore[arg-type]
     [row] = usage(setup)
     assert row["key_name"] == "(no key)" and row["requests"] == 1
-    create(setup, name="first")  # from now on a key is needed
+    first = create(setup, name="first")  # from now on a key is needed
     with oai(setup, "anything") as c, pytest.raises(openai.AuthenticationError):
+        c.chat.completions.create(model=CHAT, messages=MESSAGES)  # type: ignore[arg-type]
+    with admin(setup.coordinator.url) as a:
+        assert a.delete(f"/api/keys/{first['id']}").status_code == 200
+    # Revoking the last key does not open the fleet to everyone again.
+    with oai(setup, first["key"]) as c, pytest.raises(openai.AuthenticationError):
         c.chat.completions.create(model=CHAT, messages=MESSAGES)  # type: ignore[arg-type]
 
 
