@@ -1,4 +1,4 @@
-"""The ``fleetd`` command: ``--role coordinator|agent``, ``demo``, ``sim-ollama``, ``db``.
+"""The ``fleetd`` command: ``--role coordinator|agent``, ``demo``, ``sim-ollama``, ``db``, ``ctl``.
 
 A thin mirror of the config: each flag names the key it overrides. Config and start-up
 errors become one line and exit 1; nothing here knows more than how to start a role.
@@ -105,6 +105,7 @@ def main(
 
 
 def _register_subcommands() -> None:
+    from fleetd.ctl.commands import ctl
     from fleetd.dbcli import db
     from fleetd.demo import demo
     from fleetd.sim.cli import sim_ollama
@@ -112,6 +113,7 @@ def _register_subcommands() -> None:
     main.add_command(sim_ollama, "sim-ollama")
     main.add_command(demo, "demo")
     main.add_command(db, "db")
+    main.add_command(ctl, "ctl")
 
 
 _register_subcommands()

@@ -134,6 +134,7 @@ class Link:
                 version=__version__,
                 ollama_versions=versions,
                 models=models,
+                heartbeat_interval_s=self.rt.config.heartbeat_interval_s,
             )
             try:
                 reply = await self._post("/api/agents", reg)

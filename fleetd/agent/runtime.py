@@ -39,6 +39,7 @@ class Runtime:
         self.name = config.name
         self.supported_models: list[str] = []
         self.readiness = Readiness()
+        self._ready_once = False
         self.in_flight = 0
         self.bound = asyncio.Event()
         self.stop = asyncio.Event()
@@ -49,8 +50,13 @@ class Runtime:
 
     @property
     def initializing(self) -> bool:
-        total = len(self.supported_models)
-        return total == 0 or self.readiness.ready(self.supported_models) < total
+        """Not yet ready once (every supported model downloaded and resident). Once ready,
+        the agent keeps serving the models it has while it fetches another (a re-download,
+        a newly supported model): the coordinator routes per model."""
+        if not self._ready_once:
+            total = len(self.supported_models)
+            self._ready_once = total > 0 and self.readiness.ready(self.supported_models) >= total
+        return not self._ready_once
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.agent_token}"}

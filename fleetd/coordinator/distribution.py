@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Literal
 
@@ -88,6 +88,8 @@ class Distribution:
         self._syncing: dict[str, asyncio.Lock] = {}
         self._order_locks: dict[str, asyncio.Lock] = {}
         self._jobs: set[asyncio.Task[None]] = set()
+        self.on_task: list[Callable[[Task], None]] = []
+        """Called on every change of a task (the gateway follows downloads under way)."""
         registry.on_online.append(self._agent_online)
         registry.on_offline.append(self._agent_offline)
 
@@ -119,6 +121,8 @@ class Distribution:
         t.revision = next_revision()
         self._dirty.add(t.id)
         self.events.publish("task", t)
+        for fn in self.on_task:
+            fn(t)
 
     # -- background jobs -----------------------------------------------------------------
 

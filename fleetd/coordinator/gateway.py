@@ -2,10 +2,11 @@
 gate where requests wait while no agent is ready (spec M6), and one failover before the
 first response byte.
 
-Pools are balancer plugin instances: one for the supported models (every ready agent has
-them all) and one per other model that ready agents have installed or loaded. Registry
-listeners keep them current, so a request costs a dictionary lookup and one ``pick``, never
-a scan.
+Pools are balancer plugin instances, one per model, holding the ready agents that can serve
+it: an agent that has been ready once (not ``initializing``) serves every model it has loaded
+or installed, except one it is downloading (a re-download deletes it first), so fetching one
+model never takes it out of service for the others. Registry and distribution listeners keep
+them current, so a request costs a dictionary lookup and one ``pick``, never a scan.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import logging
 import sys
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from functools import partial
 
 import aiohttp
@@ -33,7 +34,7 @@ from fleetd.core import proxy
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, Head, decode_head, request_model
-from fleetd.core.wire import Agent
+from fleetd.core.wire import TERMINAL, Agent, Task
 
 log = logging.getLogger("fleetd.gateway")
 
@@ -53,6 +54,17 @@ def unknown_model(model: str) -> ApiError:
 
 def models_starting(message: str) -> ApiError:
     return ApiError(503, "models_starting", message, headers={"Retry-After": str(RETRY_AFTER_S)})
+
+
+def no_agent_has_model(model: str, offline: list[str]) -> ApiError:
+    """Waiting would not help: only agents that are offline (or gone) ever had the model."""
+    held = f" (only offline agents have it: {', '.join(offline[:5])})" if offline else ""
+    return ApiError(
+        503,
+        "no_agent_has_model",
+        f"no online agent has {model}{held}; it is not a supported model and no download of "
+        "it is under way, so no agent can serve it until one has it (pull it with /api/pull)",
+    )
 
 
 def _load(a: Agent, in_flight: int) -> Load:
@@ -78,12 +90,13 @@ class _Flight:
     """One attempt in progress on an agent, so that it can be ended if the agent goes offline
     while it waits: a hung agent must not hold its clients until they give up."""
 
-    __slots__ = ("aborted", "task", "upstream")
+    __slots__ = ("aborted", "task", "upstream", "why")
 
     def __init__(self, task: asyncio.Task[object] | None) -> None:
         self.task = task
         self.upstream: aiohttp.ClientResponse | None = None
         self.aborted = False
+        self.why = ""
 
     def abort(self, why: str) -> None:
         if self.upstream is None:
@@ -91,6 +104,7 @@ class _Flight:
             # attempt ends as a failure to retry on another agent.
             if self.task is not None and not self.aborted:
                 self.aborted = True
+                self.why = why
                 self.task.cancel()
         elif not self.upstream.content.is_eof():
             # Mid-reply: the relay sees a broken upstream and tells the client so.
@@ -113,6 +127,7 @@ class Gateway:
         balancer: Callable[[], Balancer],
         metrics: Metrics,
         installed: Mapping[str, Mapping[str, object]],
+        tasks: Iterable[Task] = (),
     ) -> None:
         self.registry = registry
         self.installed = installed
@@ -121,12 +136,13 @@ class Gateway:
         self.queue_limit = settings.queue_limit
         self.queue_timeout_s = settings.queue_timeout_s
         self._new_pool = balancer
-        self.ready = balancer()
-        """The pool for supported models: every online, non-initializing, healthy agent."""
-        self.pools: dict[str, Balancer] = dict.fromkeys(self.supported, self.ready)
+        self.pools: dict[str, Balancer] = {}
+        """Model -> the online, non-initializing, healthy agents that can serve it."""
         self.in_flight: dict[str, int] = {}
         self.suspect: set[str] = set()
         self._member: dict[str, list[Balancer]] = {}
+        self._serving: dict[str, frozenset[str]] = {}
+        """Agent id -> the models whose pools it is in."""
         self._extra: dict[str, frozenset[str]] = {}
         self._holders: dict[str, int] = {}
         self._waiters: deque[tuple[str, asyncio.Future[str]]] = deque()
@@ -135,19 +151,47 @@ class Gateway:
         self._latency: dict[str, Histogram] = {}
         self._gauged: set[str] = set()
         self._flights: dict[str, set[_Flight]] = {}
+        self._active: dict[str, tuple[str, str]] = {}
+        """Unfinished download task id -> (agent id, model)."""
+        self._fetching: dict[str, set[str]] = {}
+        """Agent id -> the models it is downloading (not servable there meanwhile)."""
+        self.downloads: dict[str, int] = {}
+        """Model -> how many unfinished download tasks it has (a model on its way)."""
+        for t in tasks:
+            self.task_changed(t)
         registry.on_change.append(self.agent_changed)
         registry.on_offline.append(self.agent_offline)
+        for a in list(registry.agents.values()):
+            # As the store knew them before a restart: an agent that was ready is a candidate
+            # until its first heartbeat says otherwise (a failure moves the request on).
+            self.agent_changed(a)
 
     # -- pools, kept from registry events -------------------------------------------------
 
     def has_model(self, model: str) -> bool:
-        """Supported, or held by some agent whatever its state (so worth waiting for)."""
+        """Supported, or held by some agent whatever its state (else 404)."""
         return (
             model in self.supported
             or model in self._holders
             # Agents not heard from since this coordinator started are not in _holders.
             or any(model in models for models in self.installed.values())
         )
+
+    def _offline_holders(self, model: str) -> list[str] | None:
+        """None when ``model`` is on its way (supported, being downloaded, or held by an agent
+        that is online or not known to be offline): worth waiting for. Else the names of the
+        offline agents that hold it. O(agents), only when no agent can take the request."""
+        if model in self.supported or self.downloads.get(model):
+            return None
+        offline: list[str] = []
+        holders = [aid for aid, models in self._extra.items() if model in models]
+        holders += [aid for aid, models in self.installed.items() if model in models]
+        for agent_id in dict.fromkeys(holders):
+            a = self.registry.agents.get(agent_id)
+            if a is None or a.status == "online":
+                return None
+            offline.append(a.name)
+        return offline
 
     def _models(self, a: Agent) -> frozenset[str]:
         """The models other than the supported ones that ``a`` has (installed or loaded)."""
@@ -180,31 +224,79 @@ class Gateway:
             pool = self.pools[model] = self._new_pool()
         return pool
 
+    def _serves(self, a: Agent) -> frozenset[str]:
+        """What ready agent ``a`` can serve: the models it has loaded or installed (every
+        supported one while it reports them all ready), less those it is downloading."""
+        models = set(a.loaded_models)
+        installed = self.installed.get(a.id)
+        if installed:
+            models.update(installed)
+        if a.ready_models >= a.total_models:
+            models |= self.supported
+        fetching = self._fetching.get(a.id)
+        if fetching:
+            models -= fetching
+        return frozenset(models)
+
     def agent_changed(self, a: Agent) -> None:
         """Registry listener: a heartbeat, registration or status change of ``a``."""
         if a.id not in self._gauged:
             # Read at scrape time, so that requests do not pay for the gauge.
             self._gauged.add(a.id)
             self.metrics.in_flight.labels(a.id).set_function(partial(self._in_flight, a.id))
-        models = self._models(a)
-        changed = models != self._extra.get(a.id, _EMPTY)
-        self._set_extra(a.id, models)
+        self._set_extra(a.id, self._models(a))
         if a.status == "online":
             # Any news from the agent itself proves it is up again.
             self.suspect.discard(a.id)
-        if a.status != "online" or a.initializing:
+        self._place(a)
+
+    def _place(self, a: Agent) -> None:
+        """Put ``a`` in the pools of the models it serves now, with its current load."""
+        if a.status != "online" or a.initializing or a.id in self.suspect:
             self._leave(a.id)
             return
+        serves = self._serves(a)
         load = _load(a, self.in_flight.get(a.id, 0))
         member = self._member.get(a.id)
-        joined = member is None or changed
-        if member is None or changed:
+        joined = member is None or serves != self._serving.get(a.id)
+        if member is None or joined:
             self._leave(a.id)
-            member = self._member[a.id] = [self.ready, *(self._pool(m) for m in models)]
+            self._serving[a.id] = serves
+            member = self._member[a.id] = [self._pool(m) for m in serves]
         for pool in member:
             pool.update(a.id, load)
         if joined and self._waiters:
             self._wake()
+
+    def can_serve(self, model: str) -> bool:
+        """Some ready agent can take a request for ``model`` now."""
+        pool = self.pools.get(model)
+        return pool is not None and len(pool) > 0
+
+    def task_changed(self, t: Task) -> None:
+        """Distribution listener: keep count of the downloads under way per model."""
+        if t.status in TERMINAL:
+            if self._active.pop(t.id, None) is None:
+                return
+            left = self.downloads[t.model] - 1
+            if left:
+                self.downloads[t.model] = left
+            else:
+                del self.downloads[t.model]
+            fetching = self._fetching.get(t.agent_id)
+            if fetching is not None:
+                fetching.discard(t.model)
+                if not fetching:
+                    del self._fetching[t.agent_id]
+        elif t.id not in self._active:
+            self._active[t.id] = (t.agent_id, t.model)
+            self.downloads[t.model] = self.downloads.get(t.model, 0) + 1
+            self._fetching.setdefault(t.agent_id, set()).add(t.model)
+        else:
+            return
+        a = self.registry.agents.get(t.agent_id)
+        if a is not None:
+            self._place(a)  # the model leaves (or rejoins) that agent's pools at once
 
     def agent_offline(self, a: Agent) -> None:
         """Registry listener: end the requests still waiting on an agent that fell silent."""
@@ -220,11 +312,25 @@ class Gateway:
             for flight in list(flights):
                 flight.abort(why)
 
+    def agent_silent(self, a: Agent) -> None:
+        """Registry listener: ``a`` missed two heartbeats. No new requests go to it, and
+        those still waiting for its first byte move on; replies under way are left to run
+        until it goes offline (they cannot be moved)."""
+        why = f"agent {a.name} ({a.id}) missed two heartbeats"
+        self.mark_suspect(a.id, why)
+        waiting = [f for f in self._flights.get(a.id, ()) if f.upstream is None]
+        if waiting:
+            log.warning("moving %d request(s) waiting on agent %s elsewhere", len(waiting), a.id)
+        for flight in waiting:
+            flight.abort(why)
+
     def _leave(self, agent_id: str) -> None:
-        for pool in self._member.pop(agent_id, ()):
-            pool.discard(agent_id)
-            if pool is not self.ready and not len(pool):
-                for m in [m for m, p in self.pools.items() if p is pool]:
+        self._member.pop(agent_id, None)
+        for m in self._serving.pop(agent_id, ()):
+            pool = self.pools.get(m)
+            if pool is not None:
+                pool.discard(agent_id)
+                if not len(pool):
                     del self.pools[m]
 
     def mark_suspect(self, agent_id: str, why: str) -> None:
@@ -284,11 +390,24 @@ class Gateway:
             return agent_id
         if not self.has_model(model):
             raise unknown_model(model)
+        offline = self._offline_holders(model)
+        if offline is not None:
+            raise no_agent_has_model(model, offline)
         if len(self._waiters) >= self.queue_limit:
             raise models_starting(
                 f"no agent is ready for {model} yet and {len(self._waiters)} requests are "
                 "already waiting (coordinator.queue_limit); models are starting, retry later"
             )
+        agent_id = await self._wait(model)
+        if agent_id is None:
+            raise models_starting(
+                f"no agent became ready for {model} within {self.queue_timeout_s:g}s "
+                "(coordinator.queue_timeout_s); models are starting, retry later"
+            )
+        return agent_id
+
+    async def _wait(self, model: str) -> str | None:
+        """Wait in the gate, at most ``queue_timeout_s``, for a candidate for ``model``."""
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         entry = (model, fut)
         self._waiters.append(entry)
@@ -306,10 +425,7 @@ class Gateway:
             return fut.result()
         fut.cancel()
         self._discard_waiter(entry)
-        raise models_starting(
-            f"no agent became ready for {model} within {self.queue_timeout_s:g}s "
-            "(coordinator.queue_timeout_s); models are starting, retry later"
-        )
+        return None
 
     def _discard_waiter(self, entry: tuple[str, asyncio.Future[str]]) -> None:
         try:
@@ -341,7 +457,9 @@ class Gateway:
 
     async def forward(self, request: web.Request, body: bytes, model: str) -> web.StreamResponse:
         """Send the request to a ready agent and relay its reply; one failover before the
-        first byte, onto another candidate, when the agent fails or answers 5xx."""
+        first byte, onto another candidate, when the agent fails or answers 5xx. With no
+        other candidate the request waits in the gate for one (at most ``queue_timeout_s``)
+        before the failure is relayed."""
         path = request.path
         started = time.monotonic()
         try:
@@ -357,7 +475,11 @@ class Gateway:
                 return await self._attempt(request, session, agent_id, body, headers, started)
             except _Retry as failure:
                 self.mark_suspect(agent_id, str(failure))
-                next_id = None if retried else self._pick(model)
+                next_id = None
+                if not retried:
+                    next_id = self._pick(model)
+                    if next_id is None and len(self._waiters) < self.queue_limit:
+                        next_id = await self._wait(model)
                 if next_id is None:
                     self._count(path, "agent_failed")
                     if failure.reply is not None:
@@ -397,7 +519,7 @@ class Gateway:
                 if not flight.aborted:
                     raise
                 _uncancel(flight.task)
-                raise _Retry(f"{what} went offline before answering") from None
+                raise _Retry(f"{flight.why} before answering") from None
             flight.upstream = upstream
             try:
                 if upstream.status >= 500:
@@ -448,9 +570,18 @@ def gateway_ctx(
     """A cleanup_ctx entry, after the distribution's (it reads what agents have installed)."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        app[GATEWAY] = Gateway(
-            app[SETTINGS], app[REGISTRY], balancer, app[METRICS], app[DISTRIBUTION].installed
+        dist = app[DISTRIBUTION]
+        gateway = Gateway(
+            app[SETTINGS],
+            app[REGISTRY],
+            balancer,
+            app[METRICS],
+            dist.installed,
+            dist.tasks.values(),
         )
+        dist.on_task.append(gateway.task_changed)
+        app[REGISTRY].on_silent.append(gateway.agent_silent)
+        app[GATEWAY] = gateway
         yield
 
     return ctx

@@ -8,6 +8,7 @@ Other parts of the coordinator react through listeners instead of polling.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 import uuid
@@ -24,6 +25,16 @@ from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, nex
 log = logging.getLogger("fleetd.registry")
 
 Listener = Callable[[Agent], None]
+
+SILENT_AFTER = 2.5
+"""Heartbeat intervals without contact after which an agent is suspect: two heartbeats
+missed, and half an interval for a late one."""
+SILENT_FLOOR_S = 2.0
+"""Never suspect sooner: a busy host can stall an agent's event loop for a second."""
+
+
+def silent_after_s(a: Agent) -> float:
+    return max(SILENT_AFTER * a.heartbeat_interval_s, SILENT_FLOOR_S)
 
 
 class Registry:
@@ -43,6 +54,13 @@ class Registry:
         self.on_offline: list[Listener] = []
         self.on_change: list[Listener] = []
         """Called on every change, heartbeats included (balancer, gate)."""
+        self.on_silent: list[Listener] = []
+        """Called when an online agent has missed two heartbeats (it stays online until the
+        timeout; its next contact is an ``on_change``)."""
+        self._watch: list[tuple[float, str]] = []
+        """Heap of (when it is silent unless heard from, agent id): at most one entry per
+        online agent, pushed back on expiry if it was heard from meanwhile."""
+        self._watched: set[str] = set()
         self.heartbeats = 0
         self.reported_models: dict[str, list[InstalledModel]] = {}
         """Installed models an agent listed when it registered, for on_online listeners."""
@@ -54,6 +72,7 @@ class Registry:
             if a.status == "online":
                 # A restart is not the agents' fault: give each a full timeout to check in.
                 self._seen[a.id] = now
+                self._watch_silence(a.id, now)
         log.info("loaded %d agent(s) from the store", len(self.agents))
 
     def _index(self, a: Agent) -> None:
@@ -99,6 +118,8 @@ class Registry:
                 self._by_url.pop(a.url, None)
             a.name, a.url, a.gpus = reg.name, reg.url, reg.gpus
             a.version, a.ollama_versions = reg.version, reg.ollama_versions
+            if reg.heartbeat_interval_s:
+                a.heartbeat_interval_s = reg.heartbeat_interval_s
             if reg.instance_id:
                 a.instance_id = reg.instance_id
         else:
@@ -111,6 +132,8 @@ class Registry:
                 version=reg.version,
                 ollama_versions=reg.ollama_versions,
             )
+            if reg.heartbeat_interval_s:
+                a.heartbeat_interval_s = reg.heartbeat_interval_s
         a.status = "online"
         a.last_seen = utcnow()
         if not was_online:
@@ -163,8 +186,15 @@ class Registry:
         return a
 
     def _contact(self, agent_id: str) -> None:
-        self._seen[agent_id] = time.monotonic()
+        now = self._seen[agent_id] = time.monotonic()
         self._seen.move_to_end(agent_id)
+        self._watch_silence(agent_id, now)
+
+    def _watch_silence(self, agent_id: str, now: float) -> None:
+        a = self.agents.get(agent_id)
+        if agent_id not in self._watched and a is not None:
+            self._watched.add(agent_id)
+            heapq.heappush(self._watch, (now + silent_after_s(a), agent_id))
 
     def touch(self, agent_id: str) -> None:
         """Any authenticated contact from an online agent proves it is still alive (an
@@ -188,6 +218,31 @@ class Registry:
                 )
                 self._changed(a, persist=True)
                 self._notify(self.on_offline, a)
+        self._sweep_silent()
+
+    def _sweep_silent(self) -> None:
+        """Agents that missed two heartbeats become suspect at once; O(agents expired)."""
+        now = time.monotonic()
+        while self._watch and self._watch[0][0] < now:
+            _, agent_id = heapq.heappop(self._watch)
+            seen = self._seen.get(agent_id)
+            a = self.agents.get(agent_id)
+            if seen is None or a is None or a.status != "online":
+                self._watched.discard(agent_id)
+                continue
+            due = seen + silent_after_s(a)
+            if due >= now:  # heard from since: watch on
+                heapq.heappush(self._watch, (due, agent_id))
+                continue
+            self._watched.discard(agent_id)
+            log.warning(
+                "agent %s (%s) missed two heartbeats (silent %.1fs, every %gs expected)",
+                a.name,
+                a.id,
+                now - seen,
+                a.heartbeat_interval_s,
+            )
+            self._notify(self.on_silent, a)
 
     async def flush(self) -> None:
         if not self._dirty:

@@ -11,6 +11,7 @@ from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
 from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, MatrixState
+from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
@@ -116,6 +117,15 @@ async def create_distribution(request: web.Request) -> web.Response:
         t = dist.create(agent, model, redownload=if_installed == "redownload")
         new.append(t)
         tasks.append(t)
+    if any(t.redownload for t in new) and not request.app[GATEWAY].can_serve(model):
+        # The new tasks already took the model out of their agents' pools.
+        warnings.append(
+            {
+                "code": "no_agent_left",
+                "message": f"after this order no agent can serve {model} until a re-download "
+                f"completes: requests for {model} wait in the gate (at most queue_timeout_s)",
+            }
+        )
     if new:
         await dist.launch(new)
     body: dict[str, Any] = {"tasks": tasks, "warnings": warnings, "errors": errors}

@@ -62,6 +62,8 @@ class Registration(msgspec.Struct, kw_only=True):
     version: str = ""
     ollama_versions: list[str] = msgspec.field(default_factory=list)
     models: list[InstalledModel] | None = None
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    """How often the agent sends heartbeats; ``DEFAULT_HEARTBEAT_INTERVAL_S`` if absent."""
 
 
 class Heartbeat(msgspec.Struct, kw_only=True):
@@ -100,6 +102,8 @@ class Agent(msgspec.Struct, kw_only=True):
     memory_percent: float | None = None
     status_message: str = ""
     loaded_models: list[str] = msgspec.field(default_factory=list)
+    heartbeat_interval_s: float = 5.0
+    """As the agent reported it at registration: missing two makes it suspect."""
     revision: int = 0
     """Grows with every change (see ``next_revision``); ``version`` is fleetd's own."""
 

@@ -18,9 +18,9 @@ from fleetd.coordinator.gateway import Gateway
 from fleetd.coordinator.metrics import Metrics
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
-from fleetd.core.wire import Agent
+from fleetd.core.wire import Agent, Task
 from tests.conftest import Fleet
-from tests.inference.conftest import CHAT, MESSAGES, agents, sim_post, start
+from tests.inference.conftest import CHAT, EMBED, MESSAGES, agents, sim_post, start
 from tests.procs import wait_until
 
 
@@ -137,3 +137,42 @@ def test_requests_wait_while_every_agent_initializes(fleet: Fleet) -> None:
     second.join(10)
     assert outcome["second"][0] == "ok", outcome
     assert not agents(coord)[0]["initializing"]
+
+
+async def test_a_model_only_offline_agents_have_is_503_at_once_unless_on_its_way() -> None:
+    gw, _ = gateway(queue_timeout_s=0.1)
+    gw.registry.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
+    gw.installed["a1"] = {"other:1b": object()}  # type: ignore[index]
+    with pytest.raises(ApiError) as err:
+        await gw.acquire("other:1b")
+    assert err.value.status == 503 and err.value.code == "no_agent_has_model"
+    assert "gpu-1" in err.value.message and "other:1b" in err.value.message
+    # A download under way: the model is on its way, so the request waits in the gate.
+    gw.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="downloading"))
+    with pytest.raises(ApiError) as waited:
+        await gw.acquire("other:1b")
+    assert waited.value.code == "models_starting"
+    gw.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="failed"))
+    with pytest.raises(ApiError) as again:
+        await gw.acquire("other:1b")
+    assert again.value.code == "no_agent_has_model"
+
+
+def test_a_model_no_online_agent_has_is_503_no_agent_has_model_at_once(fleet: Fleet) -> None:
+    """Only an offline agent has the model, it is not supported, nothing downloads it: no
+    wait in the gate for an agent that may never come, and no "models are starting"."""
+    setup = start(fleet, queue_timeout_s=60)
+    coord = setup.coordinator
+    setup.agents[0].kill()
+    wait_until(lambda: agents(coord)[0]["status"] == "offline", what="the agent offline")
+    with openai.OpenAI(base_url=coord.url + "/v1", api_key="x", max_retries=0) as c:
+        with pytest.raises(openai.APIStatusError) as err:
+            c.embeddings.create(model=EMBED, input="hello")
+    assert err.value.status_code == 503
+    body: Any = err.value.body
+    assert body["code"] == "no_agent_has_model", body
+    assert EMBED in body["message"] and "gpu-0" in body["message"]
+    native = httpx.post(coord.url + "/api/embed", json={"model": EMBED, "input": "hi"}, timeout=10)
+    assert native.status_code == 503 and native.json()["code"] == "no_agent_has_model"
+    assert "no online agent has" in native.json()["error"]
+    assert "Traceback" not in coord.log

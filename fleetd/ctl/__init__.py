@@ -1,0 +1,1 @@
+"""``fleetd ctl``: the operator's command line over the coordinator's admin API."""
