@@ -49,6 +49,8 @@ class CoordinatorConfig(_Section):
     balancer: str = "least-busy"
     queue_limit: int = 1024
     queue_timeout_s: float = 30.0
+    max_requests_per_agent: int = 0
+    """0: no cap. Else requests beyond it wait in the gate, served round-robin across keys."""
     catalog: str = "ollama-library"
     library_url: str = "https://ollama.com"
     registry_url: str = "https://registry.ollama.ai"
@@ -161,6 +163,11 @@ def validate(cfg: Config) -> Config:
     _positive("coordinator.heartbeat_timeout_s", c.heartbeat_timeout_s)
     _positive("coordinator.queue_timeout_s", c.queue_timeout_s)
     _positive("coordinator.catalog_refresh_s", c.catalog_refresh_s)
+    if c.max_requests_per_agent < 0:
+        raise ConfigError(
+            "coordinator.max_requests_per_agent: expected an integer >= 0 (0: no cap), "
+            f"got {c.max_requests_per_agent}"
+        )
     if c.queue_limit < 0:
         raise ConfigError(f"coordinator.queue_limit: expected an integer >= 0, got {c.queue_limit}")
     if not c.supported_models:

@@ -20,7 +20,7 @@ from types import TracebackType
 import msgspec
 from aiohttp import web
 
-from fleetd.coordinator.keys import KEYS, KeyRing
+from fleetd.coordinator.keys import CALLER, KEYS, KeyRing
 from fleetd.coordinator.limits import Limiter
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.core.errors import ApiError
@@ -171,6 +171,7 @@ class Accounts:
             self.last_used[key.id] = now
         meter = Meter(self, key, model)
         request[METER] = meter
+        request[CALLER] = key  # the gate's turn is per key
         return meter
 
     def end(self, key: KeyRow, model: str, prompt: int, completion: int, failed: bool) -> None:
