@@ -69,8 +69,10 @@ def _model_entry(name: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    require_api_key(request)
+    allowed = require_api_key(request).models
     models = request.app[SETTINGS].supported_models
+    if allowed is not None:  # a key limited to some models sees those
+        models = [m for m in models if m in allowed]
     return json_response({"object": "list", "data": [_model_entry(m) for m in models]})
 
 

@@ -166,7 +166,7 @@ class Accounts:
             row[1] += 1
             raise
         self._row(key.id, model, now)[0] += 1
-        if key.id:
+        if key.hash:  # a managed key (not OPEN or STATIC)
             key.last_used_at = now
             self.last_used[key.id] = now
         meter = Meter(self, key, model)

@@ -113,6 +113,7 @@ def test_api_keys_are_refused_by_the_admin_api(keyed: Setup) -> None:
 def test_models_a_key_may_use(keyed: Setup) -> None:
     secret = create(keyed, name="only-chat", models=[CHAT])["key"]
     with oai(keyed, secret) as c:
+        assert [m.id for m in c.models.list()] == [CHAT]  # what this key may use
         assert c.chat.completions.create(model=CHAT, messages=MESSAGES).choices  # type: ignore[arg-type]
         with pytest.raises(openai.PermissionDeniedError) as err:
             c.chat.completions.create(model=CHAT2, messages=MESSAGES)  # type: ignore[arg-type]
