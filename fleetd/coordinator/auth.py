@@ -10,7 +10,7 @@ from aiohttp import web
 
 from fleetd.coordinator.keys import KEYS, OPEN, STATIC, digest
 from fleetd.core.errors import ApiError
-from fleetd.core.http import check_token, require_token
+from fleetd.core.http import check_token, require_token, same_secret
 from fleetd.core.keystore import KeyRow
 
 
@@ -35,7 +35,7 @@ def is_admin(request: web.Request) -> bool:
     if check_token(request, tokens.admin):
         return True
     cookie = request.cookies.get(SESSION_COOKIE)
-    return cookie is not None and hmac.compare_digest(cookie, session_value(tokens))
+    return cookie is not None and same_secret(cookie, session_value(tokens))
 
 
 def _bearer(request: web.Request) -> str:

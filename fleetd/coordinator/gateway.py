@@ -25,6 +25,7 @@ from multidict import CIMultiDict
 from prometheus_client import Counter, Histogram
 
 from fleetd.config import CoordinatorConfig
+from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.fairgate import FairQueue, Waiter
 from fleetd.coordinator.keys import CALLER
@@ -474,6 +475,7 @@ class Gateway:
             self._count(path, e.code)
             raise
         headers = proxy.request_headers(request.headers)
+        headers[loops.HEADER] = loops.forward_mark(request)
         session = request.app[CLIENT]
         retried = False
         while True:

@@ -21,6 +21,7 @@ from fleetd import __version__
 from fleetd.coordinator.auth import require_admin, require_api_key
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.coordinator.usage import ACCOUNTS
@@ -187,10 +188,15 @@ PULL_POLL_S = 0.25
 """How often a pull stream looks at its tasks (Ollama sends a line about every 60 ms)."""
 
 
-async def _follow(model: str, tasks: list[Task], done_bytes: int) -> AsyncIterator[dict[str, Any]]:
+async def _follow(
+    model: str, tasks: list[Task], done_bytes: int, had: int, warning: dict[str, str] | None
+) -> AsyncIterator[dict[str, Any]]:
     """Ollama's pull lines for a fleet distribution: status, then progress summed over the
-    agents (agents that already had the model count as done), then success or an error."""
+    agents (the ``had`` agents that already had the model count as done), then success or an
+    error. A ``warning`` is one more status line, which Ollama's clients show as is."""
     yield {"status": "pulling manifest"}
+    if warning is not None:
+        yield {"status": f"warning: {warning['message']}"}
     n = len(tasks)
     last: tuple[int, int] | None = None
     while True:
@@ -201,8 +207,10 @@ async def _follow(model: str, tasks: list[Task], done_bytes: int) -> AsyncIterat
         running = sum(1 for t in tasks if t.status not in TERMINAL)
         if total > 0 and (completed, total) != last:
             last = (completed, total)
+            status = f"pulling {model} ({n - running} of {n} agents done"
+            status += f"; {had} already had it)" if had else ")"
             line: dict[str, Any] = {
-                "status": f"pulling {model} ({n - running} of {n} agents done)",
+                "status": status if n else f"every online agent ({had}) already has {model}",
                 "digest": f"fleet:{model}",
                 "total": total,
             }
@@ -237,6 +245,12 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     if not online:
         raise ApiError(409, "no_agents", "no agent is online to pull to")
     dist = request.app[DISTRIBUTION]
+    warning = None
+    if any(
+        dist.active_task(a.id, model) is None and model not in dist.installed.get(a.id, {})
+        for a in online
+    ):
+        warning = await check_registry(request.app, model)
     tasks: list[Task] = []
     new: list[Task] = []
     done_bytes = 0
@@ -252,9 +266,11 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
         tasks.append(t)
     if new:
         await dist.launch(new)
-    lines = _follow(model, tasks, done_bytes)
+    lines = _follow(model, tasks, done_bytes, len(online) - len(tasks), warning)
     if not req.stream:
         outcome = [line async for line in lines][-1]
+        if warning is not None:
+            outcome["warnings"] = [warning]
         return json_response(outcome, status=500 if "error" in outcome else 200)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
     await resp.prepare(request)

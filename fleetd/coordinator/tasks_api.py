@@ -12,6 +12,7 @@ from aiohttp import web
 from fleetd.coordinator.auth import require_admin, require_agent
 from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, MatrixState
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
@@ -80,6 +81,14 @@ async def create_distribution(request: web.Request) -> web.Response:
     new: list[Task] = []
     warnings: list[dict[str, str]] = []
     errors: list[dict[str, str]] = []
+    if any(
+        dist.active_task(a.id, model) is None
+        and (if_installed == "redownload" or not dist.is_installed(a.id, model))
+        for a in targets
+    ):
+        # Before any task exists, and with no await between the decisions below and create().
+        if (warning := await check_registry(request.app, model)) is not None:
+            warnings.append(warning)
     for agent in targets:
         active = dist.active_task(agent.id, model)
         if active is not None:
@@ -257,6 +266,14 @@ async def agent_progress(request: web.Request) -> web.Response:
     """An agent's task updates (at least once a second while it downloads)."""
     require_agent(request)
     report = await read_json(request, ProgressReport)
+    for i, u in enumerate(report.tasks):
+        # Checked for the whole report before any of it is applied.
+        if u.total_bytes and u.completed_bytes > u.total_bytes:
+            raise bad_request(
+                f"tasks[{i}].completed_bytes: {u.completed_bytes} is more than total_bytes "
+                f"{u.total_bytes}",
+                code="bad_progress",
+            )
     agent_id = request.match_info["id"]
     registry = request.app[REGISTRY]
     if registry.get(agent_id) is None:

@@ -107,11 +107,35 @@ class _Manifest(msgspec.Struct):
     layers: list[_Blob]
 
 
-async def manifest_size(session: aiohttp.ClientSession, registry_url: str, model: str) -> int:
+class _RegistryError(msgspec.Struct):
+    code: str = ""
+
+
+class _RegistryErrors(msgspec.Struct):
+    errors: list[_RegistryError] = []
+
+
+_UNKNOWN_CODES = frozenset({"MANIFEST_UNKNOWN", "NAME_UNKNOWN"})
+
+
+def _registry_says_unknown(body: bytes) -> bool:
+    """A 404 in the registry API's own words, not a server that is no registry at all."""
+    try:
+        errors = msgspec.json.decode(body, type=_RegistryErrors).errors
+    except msgspec.DecodeError:
+        return False
+    return any(e.code in _UNKNOWN_CODES for e in errors)
+
+
+async def manifest_size(
+    session: aiohttp.ClientSession, registry_url: str, model: str, *, sure: bool = False
+) -> int:
     """Exact download bytes of ``model`` (config plus layers of its registry manifest).
 
     A name that carries its own host is asked of that host, as Ollama does. Raises
     ``CatalogNotFound`` on 404 or an invalid name, ``CatalogError`` on any other failure.
+    With ``sure``, only a 404 that carries the registry's ``MANIFEST_UNKNOWN`` or
+    ``NAME_UNKNOWN`` is ``CatalogNotFound``; any other 404 is ``CatalogError``.
     """
     try:
         repo, tag = names.split(model)
@@ -127,6 +151,8 @@ async def manifest_size(session: aiohttp.ClientSession, registry_url: str, model
             url, headers={"Accept": _MANIFEST_V2}, timeout=REGISTRY_TIMEOUT
         ) as resp:
             if resp.status == 404:
+                if sure and not _registry_says_unknown(await resp.read()):
+                    raise CatalogError(f"manifest {url}: HTTP 404 without a registry's error")
                 raise CatalogNotFound(f"manifest {url}: HTTP 404, no such model")
             if resp.status != 200:
                 raise CatalogError(f"manifest {url}: HTTP {resp.status}")

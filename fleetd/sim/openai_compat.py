@@ -5,7 +5,9 @@ API, OpenAI's shapes, SSE streaming ending in ``data: [DONE]`` — and no keep_a
 
 from __future__ import annotations
 
+import base64
 import random
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +51,7 @@ class EmbeddingRequest(msgspec.Struct):
     model: str = ""
     input: Any = None
     dimensions: int = 0
+    encoding_format: str = "float"
 
 
 def error_body(status: int, message: str) -> dict[str, Any]:
@@ -161,18 +164,27 @@ async def embeddings(request: web.Request) -> web.Response:
     value = [""] if req.input == "" else req.input
     if value is None or value == []:
         raise SimError(400, "invalid input")
+    if req.encoding_format not in ("float", "base64"):
+        raise SimError(400, f"invalid encoding_format {req.encoding_format!r}")
     texts = embed_inputs(value)
     vectors, turn = await embed_texts(request, req.model, texts, None, req.dimensions)
+    encode = _base64 if req.encoding_format == "base64" else None
     return reply(
         {
             "object": "list",
             "data": [
-                {"object": "embedding", "embedding": v, "index": i} for i, v in enumerate(vectors)
+                {"object": "embedding", "embedding": encode(v) if encode else v, "index": i}
+                for i, v in enumerate(vectors)
             ],
             "model": req.model,
             "usage": {"prompt_tokens": turn.prompt_tokens, "total_tokens": turn.prompt_tokens},
         }
     )
+
+
+def _base64(vector: list[float]) -> str:
+    """As Ollama and OpenAI send it: the vector as little-endian float32, base64-encoded."""
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
 def _model_object(name: str, modified_ns: int) -> dict[str, Any]:

@@ -220,7 +220,8 @@ function distResult(req, res) {
     out.push(box);
   }
   for (const w of warnings.filter((x) => x.code !== "already_installed")) {
-    out.push(notice("warn", `${agentName(w.agent_id)}: ${w.message || w.code}`));
+    const who = w.agent_id ? `${agentName(w.agent_id)}: ` : ""; // fleet-wide: registry_unreachable, no_agent_left
+    out.push(notice("warn", `${who}${w.message || w.code}`));
   }
   const offline = errors.filter((x) => x.code === "agent_offline");
   if (offline.length) {

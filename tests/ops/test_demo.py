@@ -129,3 +129,34 @@ def test_a_bad_speed_is_refused_naming_the_option(bad: str) -> None:
     result = CliRunner().invoke(main, ["demo", "--speed", bad])
     assert result.exit_code == 2
     assert re.search(r"Invalid value for '--speed'", result.output), result.output
+
+
+def test_the_banner_explains_and_the_catalog_is_the_simulated_registry(tmp_path: Path) -> None:
+    """Issue 24: the Ollama host, that any API key works, the registry's models; a catalog
+    read from the simulator's own library pages, not degraded, with models one can pull."""
+    demo = Proc(
+        ["demo", "--agents", "1", "--listen", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")],
+        env={"FLEETD_API_KEYS": ""},
+        name="demo",
+    )
+    kids: set[int] = set()
+    try:
+        url, token = demo.wait_for_line(BANNER, timeout=90).groups()
+        kids = children_of(demo.popen.pid)
+        demo.wait_for_line(r"Press Ctrl-C to stop")
+        assert f"OLLAMA_HOST={url}" in demo.log
+        assert "OPENAI_API_KEY=anything" in demo.log
+        assert "llama3.2:1b" in demo.log and "gpt-oss:120b" in demo.log
+        with httpx.Client(base_url=url, timeout=30) as http:
+            auth = {"Authorization": f"Bearer {token}"}
+            catalog = http.get("/api/models/catalog", headers=auth).json()
+            assert catalog["degraded"] is False, catalog
+            assert {"gpt-oss", "llama3.2", "qwen2.5"} <= {m["name"] for m in catalog["models"]}
+            tags = http.get("/api/models/catalog/llama3.2", headers=auth).json()["tags"]
+            assert [t["name"] for t in tags] == ["llama3.2:1b"] and tags[0]["size"] > 0
+            # Any key works while FLEETD_API_KEYS is empty.
+            r = http.get("/v1/models", headers={"Authorization": "Bearer anything"})
+            assert r.status_code == 200, r.text
+        assert demo.stop(timeout=30) == 0, demo.log
+    finally:
+        reap(demo, kids)

@@ -1,47 +1,29 @@
-"""``fleetd demo``: a whole fleet on one machine — a coordinator and a few agents on simulated
-GPUs, each in front of its own ``fleetd sim-ollama`` — so a newcomer sees the product work.
-
-Every piece is the real program started as a child process, on port 0, found by the
-``listening on URL`` line it logs. Model sizes are the real ones scaled down and downloads are
-throttled, so the dashboard shows tens of seconds of progress before the first agent is ready.
-"""
+"""The demo fleet: simulated GPU hosts, each an agent in front of its own ``fleetd
+sim-ollama``, and a coordinator; their configs, start order, readiness reports and stop."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import os
-import re
-import shutil
 import signal
 import socket
-import subprocess
-import sys
-import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import IO, NamedTuple
+from typing import NamedTuple
 
 import aiohttp
 import click
 import msgspec
 
 from fleetd.config import DEFAULT_SUPPORTED_MODELS
-from fleetd.core.server import run, split_listen
-from fleetd.sim.options import parse_bytes
+from fleetd.core.server import split_listen
+from fleetd.demo.banner import banner
+from fleetd.demo.processes import STOP_TIMEOUT_S, Child, DemoError, wait_stopped
 
 SIZE_SCALE = 0.01
 """Real sizes x 0.01: gpt-oss:120b is 654 MB, so the real disk check passes on a laptop."""
-BANDWIDTH_BPS = 15e6
-"""One pull's speed at ``--speed 1``: the largest model takes about 45 s on the fastest host."""
 DEFAULT_LISTEN = "127.0.0.1:8080"
-URL_TIMEOUT_S = 60.0
-STOP_TIMEOUT_S = 10.0
 POLL_S = 1.0
-_URL_RE = re.compile(r"listening on (http://\S+)")
-_PR_SET_PDEATHSIG = 1
 
 
 class Host(NamedTuple):
@@ -62,10 +44,6 @@ HOSTS = (
 )
 
 
-class DemoError(Exception):
-    """Something kept the demo from starting; the message is one line for the user."""
-
-
 class _AgentView(msgspec.Struct):
     name: str
     status: str = "online"
@@ -75,20 +53,6 @@ class _AgentView(msgspec.Struct):
 
 class _AgentList(msgspec.Struct):
     agents: list[_AgentView]
-
-
-def parse_speed(text: str) -> float:
-    """Bytes/s of one pull: ``2`` or ``2x`` multiplies the default, ``50MB`` is a rate."""
-    plain = text.strip().lower().removesuffix("x")
-    try:
-        factor = float(plain)
-    except ValueError:
-        rate = parse_bytes(text)
-    else:
-        rate = factor * BANDWIDTH_BPS
-    if not rate > 0:
-        raise ValueError(f"expected a positive multiplier or rate, got {text!r}")
-    return rate
 
 
 def _toml(value: str) -> str:
@@ -105,24 +69,6 @@ def _make_dirs(root: Path, names: list[str]) -> None:
         (root / name).mkdir(parents=True, exist_ok=True)
 
 
-def _fleetd_command() -> list[str]:
-    """How to start fleetd again: the pex file when running from one, else ``-m fleetd``."""
-    pex = os.environ.get("PEX")
-    return [sys.executable, pex] if pex else [sys.executable, "-m", "fleetd"]
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec hook asking Linux to SIGTERM the child if the demo itself is killed."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before fork: nothing to load after
-
-    def hook() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-    return hook
-
-
 def _port_free(listen: str) -> bool:
     host, port = split_listen(listen)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
@@ -132,58 +78,6 @@ def _port_free(listen: str) -> bool:
         except OSError:
             return False
     return True
-
-
-def _wait(popen: subprocess.Popen[bytes]) -> None:
-    """Blocking: wait up to STOP_TIMEOUT_S for the process to exit."""
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        popen.wait(STOP_TIMEOUT_S)
-
-
-class Child:
-    """One child process whose output goes to its own log file in the data dir."""
-
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log_path: Path) -> None:
-        self.name = name
-        self.log_path = log_path
-        self.url = ""
-        self._log: IO[bytes] = open(log_path, "ab")  # closed in close()
-        # Spawned from the loop's thread on purpose: PDEATHSIG follows the thread that forks.
-        self.popen = subprocess.Popen(
-            [*_fleetd_command(), *args],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1", **env},
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops children in order
-            preexec_fn=_die_with_parent(),  # prctl only: no locks taken after fork
-        )
-
-    def tail(self, lines: int = 5) -> str:
-        try:
-            text = self.log_path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return ""
-        return "\n".join("    " + line for line in text.splitlines()[-lines:])
-
-    async def wait_url(self) -> str:
-        """The URL from the child's ``listening on`` line; fails if it exits first."""
-        deadline = time.monotonic() + URL_TIMEOUT_S
-        while time.monotonic() < deadline:
-            text = await asyncio.to_thread(self.log_path.read_text, "utf-8", "replace")
-            if m := _URL_RE.search(text):
-                self.url = m.group(1)
-                return self.url
-            if self.popen.poll() is not None:
-                raise DemoError(
-                    f"{self.name} exited with code {self.popen.returncode} while starting "
-                    f"(log: {self.log_path}):\n{await asyncio.to_thread(self.tail)}"
-                )
-            await asyncio.sleep(0.1)
-        raise DemoError(f"{self.name} did not start within {URL_TIMEOUT_S:.0f}s ({self.log_path})")
-
-    def close(self) -> None:
-        self._log.close()
 
 
 class Demo:
@@ -196,7 +90,7 @@ class Demo:
         listen: str,
         data_dir: Path,
         keep: bool,
-        library_url: str,
+        library_url: str | None,
     ) -> None:
         self.agents = agents
         self.bandwidth_bps = bandwidth_bps
@@ -226,14 +120,14 @@ class Demo:
         await asyncio.to_thread(_make_dirs, self.data_dir, dirs)
         sims = [self._start_sim(n, h) for n, h in zip(names, hosts, strict=True)]
         sim_urls = await asyncio.gather(*(s.wait_url() for s in sims))
-        coordinator = await self._start_coordinator(sim_urls[0])
+        coordinator = await self._start_coordinator(sim_urls[0], self.library_url or sim_urls[0])
         admin_token, agent_token = await asyncio.to_thread(self._tokens)
         agent_procs = [
             await self._start_agent(n, h, url, coordinator.url, agent_token)
             for n, h, url in zip(names, hosts, sim_urls, strict=True)
         ]
         await asyncio.gather(*(a.wait_url() for a in agent_procs))
-        self._banner(coordinator.url, admin_token)
+        click.echo(banner(coordinator.url, admin_token, self.agents, self.data_dir / "logs"))
         await self._watch(coordinator.url, admin_token)
 
     def _start_sim(self, name: str, host: Host) -> Child:
@@ -260,7 +154,7 @@ class Demo:
             ],
         )
 
-    async def _start_coordinator(self, registry_url: str) -> Child:
+    async def _start_coordinator(self, registry_url: str, library_url: str) -> Child:
         listen = self.listen
         if listen == DEFAULT_LISTEN and not await asyncio.to_thread(_port_free, listen):
             self._say(f"{listen} is busy; the coordinator takes a free port instead")
@@ -270,7 +164,7 @@ class Demo:
             "[coordinator]\n"
             f"listen = {_toml(listen)}\n"
             f"data_dir = {_toml(str(self.data_dir / 'coordinator'))}\n"
-            f"library_url = {_toml(self.library_url)}\n"
+            f"library_url = {_toml(library_url)}\n"
             f"registry_url = {_toml(registry_url)}\n"
         )
         await asyncio.to_thread(_write, config, text)
@@ -319,23 +213,6 @@ class Demo:
             {"FLEETD_AGENT_TOKEN": agent_token},
         )
 
-    def _banner(self, url: str, admin_token: str) -> None:
-        model = DEFAULT_SUPPORTED_MODELS[0]
-        body = f'{{"model": "{model}", "messages": [{{"role": "user", "content": "Hello!"}}]}}'
-        click.echo(
-            f"\nfleetd demo: a coordinator and {self.agents} agent(s) on simulated GPUs, each "
-            "with a simulated Ollama.\n\n"
-            f"  Dashboard:    {url}/?token={admin_token}\n"
-            f"  Admin token:  {admin_token}\n"
-            f"  OpenAI API:   {url}/v1\n"
-            f"  Logs:         {self.data_dir / 'logs'}\n\n"
-            "Each agent now downloads the supported models and keeps them resident; the first "
-            "should be ready in about a minute. Then try:\n"
-            f"  curl {url}/v1/chat/completions -H 'Content-Type: application/json' \\\n"
-            f"       -d '{body}'\n\n"
-            "Press Ctrl-C to stop.\n"
-        )
-
     async def _watch(self, url: str, admin_token: str) -> None:
         """Print readiness changes; fail as soon as a child dies on its own."""
         shown: dict[str, tuple[str, int, int]] = {}
@@ -374,96 +251,10 @@ class Demo:
             for c in group:
                 if c.popen.poll() is None:
                     c.popen.send_signal(signal.SIGTERM)
-            await asyncio.gather(*(asyncio.to_thread(_wait, c.popen) for c in group))
+            await asyncio.gather(*(asyncio.to_thread(wait_stopped, c.popen) for c in group))
         for c in self.children:
             if c.popen.poll() is None:
                 click.echo(f"{c.name} did not stop within {STOP_TIMEOUT_S:.0f}s; killing it")
                 c.popen.kill()
                 await asyncio.to_thread(c.popen.wait)
             c.close()
-
-
-async def _main(demo: Demo) -> int:
-    """0 when stopped by a signal, 1 when something failed to start or died on its own."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    running = asyncio.create_task(demo.run(), name="demo")
-    stopping = asyncio.create_task(stop.wait(), name="demo signal")
-    code = 0
-    try:
-        await asyncio.wait({running, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if running.done():
-            running.result()
-    except DemoError as e:
-        click.echo(f"fleetd demo: {e}", err=True)
-        code = 1
-    finally:
-        for task in (running, stopping):
-            task.cancel()
-        await asyncio.gather(running, stopping, return_exceptions=True)
-        click.echo("\nstopping the demo fleet…")
-        await demo.stop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.remove_signal_handler(sig)
-    return code
-
-
-def _speed(ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return parse_speed(value)
-    except ValueError as e:
-        raise click.BadParameter(str(e), ctx, param) from None
-
-
-@click.command("demo")
-@click.option(
-    "--agents", type=click.IntRange(1, 32), default=3, show_default=True, help="How many agents."
-)
-@click.option(
-    "--speed",
-    default="1",
-    show_default=True,
-    callback=_speed,
-    metavar="FACTOR|RATE",
-    help="Download speed: a multiplier (2, 0.5x) or one pull's rate (50MB).",
-)
-@click.option(
-    "--listen",
-    default=DEFAULT_LISTEN,
-    show_default=True,
-    metavar="HOST:PORT",
-    help="The coordinator's address (the dashboard); port 0 picks a free one.",
-)
-@click.option(
-    "--data-dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Keep state and logs here (default: a temporary dir removed on exit).",
-)
-@click.option(
-    "--library-url",
-    default="https://ollama.com",
-    show_default=True,
-    metavar="URL",
-    help="Model library for the catalog (offline, it falls back to the fleet's models).",
-)
-def demo(agents: int, speed: float, listen: str, data_dir: str | None, library_url: str) -> None:
-    """Run a coordinator and agents on simulated GPUs and Ollama servers until Ctrl-C."""
-    try:
-        split_listen(listen)
-    except ValueError:
-        raise click.BadParameter(
-            f"expected HOST:PORT, got {listen!r}", param_hint="--listen"
-        ) from None
-    keep = data_dir is not None
-    path = (
-        Path(data_dir).expanduser() if data_dir else Path(tempfile.mkdtemp(prefix="fleetd-demo-"))
-    )
-    try:
-        code = run(_main(Demo(agents, speed, listen, path.resolve(), keep, library_url)))
-    finally:
-        if not keep:
-            shutil.rmtree(path, ignore_errors=True)
-    sys.exit(code)
