@@ -50,6 +50,13 @@ class FairQueue:
             del self._by_key[w[0]]
         return True
 
+    def clear(self) -> list[asyncio.Future[str]]:
+        """Empty the queue; the futures of the requests that were waiting."""
+        futs = [fut for q in self._by_key.values() for _, _, fut in q]
+        self._by_key.clear()
+        self._n = 0
+        return futs
+
     def serve(self, pick: Callable[[str], str | None]) -> None:
         """Hand out agents while ``pick(model)`` finds one: a turn gives each key at most
         one, turns repeat until one gives nothing. A model ``pick`` found no agent for is not
