@@ -17,6 +17,7 @@ from fleetd.coordinator import (
     events_api,
     fleet_api,
     inference_api,
+    keys_api,
     loops,
     model_delete,
     tasks_api,
@@ -31,6 +32,7 @@ from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.model_sets import model_sets_ctx
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import accounts_ctx
 from fleetd.coordinator.vram import sizes_ctx
 from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
@@ -119,6 +121,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.cleanup_ctx.append(fleet_api.follow_model_sets)
+    app.cleanup_ctx.append(accounts_ctx)
     app.cleanup_ctx.append(mirror_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
@@ -129,6 +132,7 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(keys_api.routes)
     app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app
