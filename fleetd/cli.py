@@ -29,16 +29,16 @@ async def run_coordinator(config: Config) -> int:
 
 async def run_agent(config: Config) -> int:
     from fleetd.agent.app import advertise, build_app
-    from fleetd.agent.runtime import RUNTIME
+    from fleetd.agent.runtime import STOP
 
     app = await build_app(config)
-    rt = app[RUNTIME]
+    stop = app[STOP]
 
     async def started(url: str) -> None:
-        advertise(rt, url)
+        advertise(app, url)
 
-    code = await serve(app, config.agent.listen, "agent", on_started=started, stop=rt.stop)
-    return rt.exit_code or code
+    code = await serve(app, config.agent.listen, "agent", on_started=started, stop=stop.event)
+    return stop.exit_code or code
 
 
 def start(role: str, config: Config) -> int:

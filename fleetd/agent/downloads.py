@@ -13,23 +13,27 @@ Which server of several ``[[agent.ollama]]`` gets a model is decided in ``placem
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import msgspec
 from aiohttp import web
 
-from fleetd.agent.placement import NoRoom, Server, choose, human
-from fleetd.agent.progress import REPORT_INTERVAL_S, Reporter
-from fleetd.agent.runtime import RUNTIME, Runtime, save_json
-from fleetd.config import expand
+from fleetd.agent.ollamas import LocalOllamas, LocalServer
+from fleetd.agent.placement import NoRoom, human
+from fleetd.agent.progress import REPORT_INTERVAL_S
+from fleetd.agent.runtime import SupportedModels, save_json
+from fleetd.agent.signals import Notice, Wakeup
+from fleetd.config import AgentConfig
+from fleetd.core.background import background
 from fleetd.core.catalog import CatalogError, CatalogNotFound, manifest_size
-from fleetd.core.http import CLIENT
-from fleetd.core.ollama import Ollama, OllamaError, PullProgress
+from fleetd.core.ollama import OllamaError, PullProgress
 from fleetd.core.wire import (
     TERMINAL,
     InstalledModel,
@@ -115,13 +119,19 @@ class _Meter:
 class Downloads:
     """The queue, its workers, its file and its reports to the coordinator."""
 
-    def __init__(self, rt: Runtime, session: aiohttp.ClientSession) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        config: AgentConfig,
+        session: aiohttp.ClientSession,
+        path: Path,
+        ollamas: LocalOllamas,
+        supported: SupportedModels,
+    ) -> None:
+        self.config = config
         self.session = session
-        self.servers = [
-            Server(Ollama(session, s.url), expand(s.models_dir)) for s in rt.config.ollama
-        ]
-        self.path = rt.data_dir / "downloads.json"
+        self.ollamas = ollamas
+        self.supported = supported
+        self.path = path
         self.entries: dict[str, Entry] = {}
         """Insertion order is queue order."""
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -129,16 +139,13 @@ class Downloads:
         self._pending: dict[str, int] = {}
         """Task id -> change number not yet acknowledged by the coordinator."""
         self._seq = 0
-        self.models_changed = True
-        """The installed models changed since the coordinator last heard of them."""
-        self.report_now = asyncio.Event()
-        self._save_now = asyncio.Event()
+        self.urgent = Notice()
+        """A task changed status (or server): report and save it at once."""
+        self._save_now = self.urgent.listen(Wakeup())
         self._dirty = False
         self._saves = self._written = 0
         self._write_lock = threading.Lock()
         self._placing = asyncio.Lock()
-        self.on_installed: list[Callable[[], None]] = []
-        """Called when the installed models change (the residency keeper listens)."""
 
     # -- state ---------------------------------------------------------------------------
 
@@ -147,13 +154,7 @@ class Downloads:
         self._pending[e.task_id] = self._seq
         self._dirty = True
         if now:
-            self._save_now.set()
-            self.report_now.set()
-
-    def _installed_changed(self) -> None:
-        self.models_changed = True
-        for fn in self.on_installed:
-            fn()
+            self.urgent.fire()
 
     def unreported(self) -> tuple[dict[str, int], list[TaskUpdate]]:
         """What the coordinator has not acknowledged yet, running tasks always included (their
@@ -254,7 +255,7 @@ class Downloads:
 
     def schedule(self) -> None:
         """Start queued entries, in order, while download slots are free."""
-        limit = self.rt.config.max_concurrent_downloads
+        limit = self.config.max_concurrent_downloads
         for e in list(self.entries.values()):
             if len(self.running) >= limit:
                 return
@@ -320,38 +321,27 @@ class Downloads:
             self._changed(e)
             await asyncio.sleep(delay)
 
-    async def _tags(self) -> dict[str, dict[str, InstalledModel]]:
-        """Installed models per usable server URL; when none is usable, the last reason why."""
-        out: dict[str, dict[str, InstalledModel]] = {}
-        last: OllamaError | None = None
-        for s in self.servers:
-            try:
-                out[s.url] = {m.name: m for m in await s.ollama.tags()}
-            except OllamaError as err:
-                log.warning("%s", err)
-                last = err
-        if not out and last is not None:
-            raise OllamaError(f"no usable Ollama server on this agent: {last}", transient=True)
-        return out
-
     async def _attempt(self, e: Entry) -> None:
-        tags = await self._tags()
+        tags, errors = await self.ollamas.read_tags()
+        for err in errors:
+            log.warning("%s", err)
+        if not tags and errors:
+            raise OllamaError(
+                f"no usable Ollama server on this agent: {errors[-1]}", transient=True
+            )
         holders = [url for url, models in tags.items() if e.model in models]
         if holders and not e.redownload:
             e.total_bytes = e.completed_bytes = tags[holders[0]][e.model].size
             return
         if e.total_bytes <= 0:
-            e.total_bytes = await manifest_size(self.session, self.rt.config.registry_url, e.model)
+            e.total_bytes = await manifest_size(self.session, self.config.registry_url, e.model)
             self._changed(e)
         freed = 0 if e.deleted or not holders else tags[holders[0]][e.model].size
         server = await self._place(e, tags, freed)
         if e.redownload and not e.deleted:
-            for s in self.servers:
-                if s.url in holders:
-                    await s.ollama.delete(e.model)
+            await self.ollamas.delete(e.model, holders)
             e.deleted = True
             self._changed(e, now=True)
-            self._installed_changed()
             log.info("task %s: removed %s before downloading it again", e.task_id, e.model)
         meter = self._meters.setdefault(e.task_id, _Meter())
 
@@ -362,11 +352,11 @@ class Downloads:
             self._changed(e)
 
         await server.ollama.pull(e.model, progress)
-        self._installed_changed()
+        self.ollamas.pulled()
 
     async def _place(
         self, e: Entry, tags: dict[str, dict[str, InstalledModel]], freed: int
-    ) -> Server:
+    ) -> LocalServer:
         """Choose (once) the server for ``e`` among those with room; fail naming the shortfall."""
         async with self._placing:  # two placements at once would both pick the emptiest
             models_on = {url: set(models) for url, models in tags.items()}
@@ -374,14 +364,12 @@ class Downloads:
                 if other.status not in TERMINAL and other.server in models_on:
                     models_on[other.server].add(other.model)
             try:
-                chosen = await choose(
-                    self.servers,
+                chosen = await self.ollamas.place(
                     e.model,
                     max(0, e.total_bytes - e.completed_bytes - freed),
-                    self.rt.config.disk_margin_bytes,
                     pinned=e.server,
                     models_on=models_on,
-                    supported=self.rt.supported_models,
+                    supported=self.supported.models,
                 )
             except NoRoom as err:
                 raise Failed(str(err)) from None
@@ -390,31 +378,31 @@ class Downloads:
                 self._changed(e, now=True)
             return chosen
 
-    async def installed(self) -> list[InstalledModel]:
-        """Every model installed on this agent's servers (the first server's copy wins)."""
-        seen: dict[str, InstalledModel] = {}
-        for s in self.servers:
-            for m in await s.ollama.tags():
-                seen.setdefault(m.name, m)
-        return list(seen.values())
+    # -- lifecycle -------------------------------------------------------------------------
 
-    # -- background loops ----------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def opened(self) -> AsyncIterator[None]:
+        """Read the queue from disk and start what it holds; on the way out stop the pulls
+        (they resume on next start) and write the queue one last time."""
+        await asyncio.to_thread(self.load)
+        try:
+            async with background(self._run_saver(), "download-saver"):
+                self.schedule()
+                yield
+        finally:
+            await self._close()
 
-    async def run_saver(self) -> None:
+    async def _run_saver(self) -> None:
         """Unfinished state reaches disk within a second (at once for a change of status)."""
         while True:
-            try:
-                await asyncio.wait_for(self._save_now.wait(), timeout=SAVE_INTERVAL_S)
-            except asyncio.TimeoutError:
-                pass
-            self._save_now.clear()
+            await self._save_now.wait(SAVE_INTERVAL_S)
             if self._dirty:
                 try:
                     await self.save()
                 except OSError as err:
                     log.error("cannot write the download queue %s: %s", self.path, err)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         """Stop running pulls without marking them finished, and write the queue one last time."""
         tasks = list(self.running.values())
         for t in tasks:
@@ -429,20 +417,3 @@ class Downloads:
 
 
 DOWNLOADS = web.AppKey("downloads", Downloads)
-
-
-async def run_downloads(app: web.Application) -> AsyncIterator[None]:
-    dl = Downloads(app[RUNTIME], app[CLIENT])
-    app[DOWNLOADS] = dl
-    await asyncio.to_thread(dl.load)
-    reporter = Reporter(dl.rt, dl.session, dl)
-    loops = [
-        asyncio.create_task(dl.run_saver(), name="download-saver"),
-        asyncio.create_task(reporter.run(), name="download-reporter"),
-    ]
-    dl.schedule()
-    yield
-    for t in loops:
-        t.cancel()
-    await asyncio.gather(*loops, return_exceptions=True)
-    await dl.close()
