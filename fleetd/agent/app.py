@@ -10,10 +10,11 @@ from pathlib import Path
 from aiohttp import web
 
 from fleetd.agent import inference_api, orders_api, status_api
-from fleetd.agent.downloads import DOWNLOADS, Downloads
+from fleetd.agent.download_queue import DOWNLOADS, DownloadQueue
 from fleetd.agent.link import Link, default_name
 from fleetd.agent.ollamas import OLLAMAS, LocalOllamas
 from fleetd.agent.progress import Reporter
+from fleetd.agent.puller import Puller
 from fleetd.agent.readiness import READINESS, Readiness
 from fleetd.agent.residency import Residency
 from fleetd.agent.runtime import (
@@ -94,7 +95,8 @@ def _parts(
         identity, supported, stop = app[IDENTITY], app[SUPPORTED], app[STOP]
         ollamas = app[OLLAMAS] = LocalOllamas(a, session)
         readiness = app[READINESS] = Readiness(supported, ollamas)
-        dl = app[DOWNLOADS] = Downloads(a, session, data_dir / "downloads.json", ollamas, supported)
+        puller = Puller(a, session, ollamas, supported)
+        dl = app[DOWNLOADS] = DownloadQueue(a, data_dir / "downloads.json", puller)
         reporter = Reporter(a, session, identity, dl, ollamas)
         residency = Residency(a, supported, ollamas, readiness)
         link = Link(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fleetd.agent.downloads import DOWNLOADS
+from fleetd.agent.download_queue import DOWNLOADS
 from fleetd.agent.ollamas import OLLAMAS
 from fleetd.agent.status_api import require_coordinator
 from fleetd.core.errors import ApiError, bad_request, not_found

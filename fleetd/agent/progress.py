@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
 
+from fleetd.agent.download_entry import REPORT_INTERVAL_S
+from fleetd.agent.download_queue import DownloadQueue
 from fleetd.agent.ollamas import LocalOllamas
 from fleetd.agent.runtime import Identity
 from fleetd.agent.signals import Wakeup
@@ -22,13 +23,8 @@ from fleetd.config import AgentConfig
 from fleetd.core.ollama import OllamaError
 from fleetd.core.wire import InstalledModel, ProgressReply, ProgressReport
 
-if TYPE_CHECKING:
-    from fleetd.agent.downloads import Downloads
-
 log = logging.getLogger("fleetd.agent.progress")
 
-REPORT_INTERVAL_S = 0.5
-"""Progress goes to the coordinator this often while a download runs (the promise is 1 s)."""
 REPORT_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 
 
@@ -42,7 +38,7 @@ class Reporter:
         config: AgentConfig,
         session: aiohttp.ClientSession,
         identity: Identity,
-        dl: Downloads,
+        dl: DownloadQueue,
         ollamas: LocalOllamas,
     ) -> None:
         self.config = config
