@@ -22,6 +22,7 @@ from fleetd.agent.runtime import (
     IN_FLIGHT,
     STOP,
     SUPPORTED,
+    CoordinatorMirror,
     Identity,
     InFlight,
     Stop,
@@ -93,9 +94,10 @@ def _parts(
         """
         session = app[CLIENT]
         identity, supported, stop = app[IDENTITY], app[SUPPORTED], app[STOP]
+        mirror = CoordinatorMirror()
         ollamas = app[OLLAMAS] = LocalOllamas(a, session)
         readiness = app[READINESS] = Readiness(supported, ollamas)
-        puller = Puller(a, session, ollamas, supported)
+        puller = Puller(a, session, ollamas, supported, mirror)
         dl = app[DOWNLOADS] = DownloadQueue(a, data_dir / "downloads.json", puller)
         reporter = Reporter(a, session, identity, dl, ollamas)
         residency = Residency(a, supported, ollamas, readiness)
@@ -108,6 +110,7 @@ def _parts(
             ollamas=ollamas,
             readiness=readiness,
             in_flight=app[IN_FLIGHT],
+            mirror=mirror,
             stop=stop,
         )
         async with contextlib.AsyncExitStack() as parts:

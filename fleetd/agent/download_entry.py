@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import msgspec
 
-from fleetd.core.wire import TaskStatus, TaskUpdate
+from fleetd.core.wire import ERROR_MAX, MESSAGE_MAX, TaskStatus, TaskUpdate, clip
 
 REPORT_INTERVAL_S = 0.5
 """Progress goes to the coordinator this often while a download runs (the coordinator and
@@ -27,15 +27,19 @@ class Entry(msgspec.Struct, kw_only=True):
     """The Ollama URL it downloads into, once chosen (a resumed pull must go to the same)."""
     deleted: bool = False
     """For a re-download: the old copy is already removed (never remove it twice)."""
+    source: str = ""
+    """Where it pulls from: the coordinator's mirror, or the registry directly and why."""
 
     def update(self) -> TaskUpdate:
         return TaskUpdate(
             task_id=self.task_id,
             status=self.status,
             attempt=self.attempt,
-            completed_bytes=self.completed_bytes,
+            # Ollama's sums can pass the total for a moment; the coordinator refuses that.
+            completed_bytes=min(self.completed_bytes, self.total_bytes or self.completed_bytes),
             total_bytes=self.total_bytes,
             speed_bps=round(self.speed_bps, 1),
             eta_s=None if self.eta_s is None else round(self.eta_s, 1),
-            error=self.error,
+            error=None if self.error is None else clip(self.error, ERROR_MAX),
+            source=clip(self.source, MESSAGE_MAX),
         )

@@ -18,12 +18,19 @@ import msgspec
 from fleetd import __version__
 from fleetd.agent.ollamas import LocalOllamas
 from fleetd.agent.readiness import Readiness
-from fleetd.agent.runtime import Identity, InFlight, Stop, SupportedModels
+from fleetd.agent.runtime import CoordinatorMirror, Identity, InFlight, Stop, SupportedModels
 from fleetd.agent.signals import Wakeup
 from fleetd.config import AgentConfig
 from fleetd.core.gpu import Gpu, GpuProbe
 from fleetd.core.ollama import OllamaError, error_message
-from fleetd.core.wire import Heartbeat, InstalledModel, Registration, RegistrationReply
+from fleetd.core.wire import (
+    MESSAGE_MAX,
+    Heartbeat,
+    InstalledModel,
+    Registration,
+    RegistrationReply,
+    clip,
+)
 
 log = logging.getLogger("fleetd.agent.link")
 
@@ -83,6 +90,7 @@ class Link:
         ollamas: LocalOllamas,
         readiness: Readiness,
         in_flight: InFlight,
+        mirror: CoordinatorMirror,
         stop: Stop,
     ) -> None:
         self.config = config
@@ -93,6 +101,7 @@ class Link:
         self.ollamas = ollamas
         self.readiness = readiness
         self.in_flight = in_flight
+        self.mirror = mirror
         self.stop = stop
         self.base = config.coordinator_url
         self._cpu_prev: tuple[float, float] | None = None
@@ -180,6 +189,7 @@ class Link:
                 )
             else:
                 self.identity.registered(reply.id)
+                self.mirror.heard(self.base if reply.mirror else "")
                 await self.supported.update(reply.supported_models)
                 log.info(
                     "registered with %s as agent %s (%s)", self.base, reply.id, self.identity.name
@@ -200,10 +210,11 @@ class Link:
             gpus=gpus or None,
             cpu_percent=cpu,
             memory_percent=mem,
-            status_message=r.message,
+            status_message=clip(r.message, MESSAGE_MAX),
             loaded_models=sorted(r.loaded()),
         )
         reply = await self._post(f"/api/agents/{self.identity.agent_id}/heartbeat", hb)
+        self.mirror.heard(self.base if reply.mirror else "")
         await self.supported.update(reply.supported_models)
 
     async def run(self) -> None:

@@ -1,6 +1,7 @@
 """One download, start to end: the local Ollama servers asked whether the model is there
-already, the registry asked for its size, a server with disk room chosen (``placement``), an
-old copy removed for a re-download, then Ollama's pull stream followed, with its speed.
+already, the registry (or the coordinator's mirror, ``via_mirror``) asked for its size, a
+server with disk room chosen (``placement``), an old copy removed for a re-download, then
+Ollama's pull stream followed, with its speed, and stopped when it stalls.
 
 Failures between the agent and Ollama or the registry (unreachable, stream cut) are retried
 with backoff, each retry continuing from Ollama's partial download; Ollama's own verdicts
@@ -12,17 +13,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Coroutine, Iterable
+from typing import Any, Protocol
 
 import aiohttp
 
+from fleetd.agent import via_mirror
 from fleetd.agent.download_entry import REPORT_INTERVAL_S, Entry
 from fleetd.agent.ollamas import LocalOllamas, LocalServer
 from fleetd.agent.placement import NoRoom
-from fleetd.agent.runtime import SupportedModels
+from fleetd.agent.runtime import CoordinatorMirror, SupportedModels
 from fleetd.config import AgentConfig
-from fleetd.core.catalog import CatalogError, CatalogNotFound, manifest_size
+from fleetd.core.catalog import CatalogError, CatalogNotFound
 from fleetd.core.ollama import OllamaError, PullProgress
 from fleetd.core.wire import InstalledModel
 
@@ -30,11 +32,20 @@ log = logging.getLogger("fleetd.agent.downloads")
 
 RETRIES = 3
 """Transient failures (Ollama unreachable, stream cut) are retried this many times, resuming."""
+STALL_MIN_BYTES = 1 << 20
+"""Less than this in ``download_stall_timeout_s`` is no progress (a trickle, e.g. 1 byte/s)."""
 SPEED_ALPHA = 0.3
 
 
 class Failed(Exception):
     """The task cannot succeed as things stand; the message is what the user sees."""
+
+
+class Stalled(OllamaError):
+    """The pull made (almost) no progress for ``download_stall_timeout_s``; retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
 
 
 class Ledger(Protocol):
@@ -78,11 +89,13 @@ class Puller:
         session: aiohttp.ClientSession,
         ollamas: LocalOllamas,
         supported: SupportedModels,
+        mirror: CoordinatorMirror,
     ) -> None:
         self.config = config
         self.session = session
         self.ollamas = ollamas
         self.supported = supported
+        self.mirror = mirror
         self._placing = asyncio.Lock()
 
     async def pull(self, e: Entry, ledger: Ledger) -> None:
@@ -97,7 +110,11 @@ class Puller:
                 if not err.transient:
                     raise Failed(str(err)) from None
                 if attempt == RETRIES:
+                    if isinstance(err, Stalled):
+                        raise Failed(f"{err}, {RETRIES + 1} tries") from None
                     raise Failed(f"{err} (gave up after {RETRIES} retries)") from None
+                if attempt == RETRIES - 1 and via_mirror.uses_mirror(e, self.mirror.url):
+                    via_mirror.go_direct(e, str(err))
                 delay = 2.0**attempt
                 log.warning(
                     "task %s: %s: %s; retry %d/%d in %.0fs",
@@ -120,6 +137,7 @@ class Puller:
             await asyncio.sleep(delay)
 
     async def _attempt(self, e: Entry, ledger: Ledger, meter: _Meter) -> None:
+        await via_mirror.settled(self.mirror.known)
         tags, errors = await self.ollamas.read_tags()
         for err in errors:
             log.warning("%s", err)
@@ -132,7 +150,9 @@ class Puller:
             e.total_bytes = e.completed_bytes = tags[holders[0]][e.model].size
             return
         if e.total_bytes <= 0:
-            e.total_bytes = await manifest_size(self.session, self.config.registry_url, e.model)
+            e.total_bytes = await via_mirror.size(
+                self.session, e, self.mirror.url, self.config.registry_url
+            )
             ledger.changed(e)
         freed = 0 if e.deleted or not holders else tags[holders[0]][e.model].size
         server = await self._place(e, ledger, tags, freed)
@@ -148,8 +168,37 @@ class Puller:
             meter.sample(e)
             ledger.changed(e)
 
-        await server.ollama.pull(e.model, progress)
+        await self._watched(via_mirror.pull(server.ollama, e, self.mirror.url, progress), e)
         self.ollamas.pulled()
+
+    async def _watched(self, pull: Coroutine[Any, Any, None], e: Entry) -> None:
+        """Run ``pull``, ended as ``Stalled`` when ``e`` gains less than ``STALL_MIN_BYTES``
+        in ``download_stall_timeout_s``: Ollama keeps sending progress lines for a download
+        that moves no byte (or one a second), so a silent socket is not the only stall."""
+        window = self.config.download_stall_timeout_s
+        task = asyncio.ensure_future(pull)
+        mark, since = e.completed_bytes, time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=min(1.0, window / 4))
+                if done:
+                    return task.result()
+                now = time.monotonic()
+                if e.completed_bytes - mark >= STALL_MIN_BYTES:
+                    mark, since = e.completed_bytes, now
+                elif now - since >= window and not 0 < e.total_bytes <= e.completed_bytes:
+                    # (All bytes in, Ollama verifying: that takes its time and is no stall.)
+                    raise Stalled(
+                        f"stalled: no progress for {window:g} s "
+                        f"(less than {STALL_MIN_BYTES >> 20} MiB)"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()  # closes the stream: Ollama cancels the pull, the partial stays
+                try:
+                    await task
+                except (asyncio.CancelledError, OllamaError):
+                    pass
 
     async def _place(
         self, e: Entry, ledger: Ledger, tags: dict[str, dict[str, InstalledModel]], freed: int

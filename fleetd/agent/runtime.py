@@ -1,6 +1,7 @@
 """The agent's small shared objects, one job each: who it is (``Identity``), which models the
 coordinator wants it to serve (``SupportedModels``), how many requests it is serving
-(``InFlight``) and how it ends (``Stop``). Each is built once in ``build_app`` and handed to
+(``InFlight``), whether the coordinator's mirror is on (``CoordinatorMirror``) and how it ends
+(``Stop``). Each is built once in ``build_app`` and handed to
 the parts that need it; the parts tell each other news through ``signals``.
 """
 
@@ -67,6 +68,21 @@ class SupportedModels:
             self.models = list(models)
             self.changed.fire()
             await asyncio.to_thread(save_json, self.path, self.models)
+
+
+class CoordinatorMirror:
+    """Whether the coordinator's registry mirror is on, as its last reply said; pulls go
+    through it when it is (``via_mirror``)."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
+        self.known = asyncio.Event()
+        """Set once a coordinator's reply said whether its mirror is on."""
+
+    def heard(self, mirror_url: str) -> None:
+        self.url = mirror_url
+        self.known.set()
 
 
 class InFlight:

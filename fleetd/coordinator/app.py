@@ -16,12 +16,15 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     inference_api,
+    loops,
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
+from fleetd.coordinator.mirror import routes as mirror_routes
+from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core import tokens
@@ -69,12 +72,14 @@ async def build_app(config: Config) -> web.Application:
 
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[metrics_middleware, error_middleware, loops.loop_guard],
         client_max_size=MAX_BODY_BYTES,
         # A client that disconnects cancels its handler, and so its request to the agent.
         handler_args={"handler_cancellation": True},
     )
     app[SETTINGS] = c
+    app[loops.SELF_ID] = self_id = loops.new_instance_id()
+    app.on_response_prepare.append(loops.stamp)
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
     app[STORE] = store
     app[EVENTS] = EventBus()
@@ -89,9 +94,12 @@ async def build_app(config: Config) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
 
-    app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
+    app.cleanup_ctx.extend(
+        [close_store, client_ctx(headers={loops.HEADER: self_id}), run_registry, run_distribution]
+    )
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
+    app.cleanup_ctx.append(mirror_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)
@@ -99,5 +107,6 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

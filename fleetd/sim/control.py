@@ -8,13 +8,16 @@ tests can break and inspect a running sim process. Bodies and answers are JSON.
 ``POST /_sim/settings`` ``{"bandwidth_bps", "disk_bytes", "vram_bytes", "max_loaded_models",
     "latency_ms", "token_delay_ms", "load_ms"}`` — any subset; sizes may be strings
     ("50MB"). Answers the settings now in force.
-``POST /_sim/faults`` ``{"model", "kind": "fail"|"interrupt", "at", "message", "times"}``
+``POST /_sim/faults`` ``{"model", "kind": "fail"|"interrupt"|"stall", "at", "message", "times"}``
     arms a pull fault (see options.Fault); ``DELETE /_sim/faults`` disarms all. Both
     answer ``{"faults": [...]}``.
 ``POST /_sim/down`` — the server "dies": requests in flight are cut, downloads stop
     (partials stay), VRAM empties, and every new non-/_sim request has its connection
     closed.
     ``POST /_sim/up`` brings it back. Both answer ``{"down": bool}``.
+``GET``/``POST /_sim/registry`` — the simulated registry's knobs (``registry.py``): how a
+    blob GET redirects, Range ignored, corrupt digests, CDN speed; ``served_bytes`` counts
+    the blob bytes it sent.
 ``POST /_sim/evict`` ``{"model"}`` — unload now, silently, as VRAM pressure would.
     Answers ``{"evicted": bool}``.
 """
