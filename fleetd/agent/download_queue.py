@@ -28,6 +28,7 @@ from fleetd.agent.runtime import save_json
 from fleetd.agent.signals import Notice, Wakeup
 from fleetd.config import AgentConfig
 from fleetd.core.background import background
+from fleetd.core.errors import StartupError
 from fleetd.core.wire import TERMINAL, Order, TaskUpdate
 
 log = logging.getLogger("fleetd.agent.downloads")
@@ -212,8 +213,14 @@ class DownloadQueue:
     @contextlib.asynccontextmanager
     async def opened(self) -> AsyncIterator[None]:
         """Read the queue from disk and start what it holds; on the way out stop the pulls
-        (they resume on next start) and write the queue one last time."""
-        await asyncio.to_thread(self.load)
+        (they resume on next start) and write the queue one last time. An unreadable file
+        (not one with unreadable contents: that is moved aside) stops the agent's start."""
+        try:
+            await asyncio.to_thread(self.load)
+        except OSError as err:
+            raise StartupError(
+                f"cannot read the download queue {self.path}: {err.strerror or err}"
+            ) from None
         try:
             async with background(self._run_saver(), "download-saver"):
                 self.schedule()
