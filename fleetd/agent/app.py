@@ -36,6 +36,7 @@ from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.gpu import GpuProbe
 from fleetd.core.http import CLIENT, client_ctx
 from fleetd.core.plugins import load_plugin
+from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 
 def _identity(data_dir: Path) -> tuple[str, list[str]]:
@@ -57,6 +58,7 @@ async def build_app(config: Config) -> web.Application:
             "agent token missing: set FLEETD_AGENT_TOKEN (the coordinator's is in its "
             f"data_dir/agent_token) or write it to {data_dir / 'agent_token'}"
         )
+    tokens.check_tokens(config.secrets.admin_token, agent_token)
     probe_cls = load_plugin("fleetd.gpu", a.gpu.probe, "agent.gpu.probe")
 
     app = web.Application(
@@ -69,7 +71,11 @@ async def build_app(config: Config) -> web.Application:
     app[SUPPORTED] = SupportedModels(data_dir, supported)
     app[IN_FLIGHT] = InFlight()
     app[STOP] = Stop()
-    app.cleanup_ctx.extend([client_ctx(), _parts(a, probe_cls(a), data_dir)])
+    app[THROTTLE] = Throttle()
+    # The agent's parts start after the session they use and before the token throttle's
+    # summary; aiohttp closes the entries in the reverse order.
+    app.cleanup_ctx.extend([client_ctx(), _parts(a, probe_cls(a), data_dir), run_throttle])
+    app.on_shutdown.append(inference_api.stop_serving)
     app.router.add_routes(status_api.routes)
     app.router.add_routes(orders_api.routes)
     app.router.add_routes(inference_api.routes)

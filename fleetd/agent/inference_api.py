@@ -13,6 +13,7 @@ pulling on demand would bypass the coordinator's distribution and its disk check
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
@@ -26,6 +27,7 @@ from fleetd.core import proxy
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, Head, decode_head, json_response, request_model
 from fleetd.core.ollama import OllamaError
+from fleetd.core.server import SHUTDOWN_TIMEOUT_S
 
 log = logging.getLogger("fleetd.agent.inference")
 
@@ -33,6 +35,7 @@ routes = web.RouteTableDef()
 
 BUSY_RETRY_AFTER_S = 1
 """Added to Ollama's 503 "server busy", which carries no Retry-After of its own."""
+STOPPING = "the agent is shutting down; retry the request in a moment"
 STARTING_RETRY_AFTER_S = 5
 """For a supported model still downloading here (the coordinator sends such an agent nothing)."""
 _STARTED = int(time.time())
@@ -74,10 +77,13 @@ async def _forward(
 ) -> web.StreamResponse:
     """Send the request to the first server that answers; relay its reply as it streams."""
     in_flight = request.app[IN_FLIGHT]
+    if in_flight.stopping:
+        raise proxy.shutting_down(STOPPING)
     session = request.app[CLIENT]
     headers = proxy.request_headers(request.headers)
     failure = ""
-    in_flight.count += 1
+    flight = proxy.Flight(asyncio.current_task())
+    in_flight.took_off(flight)
     try:
         for s in servers[:2]:
             what = f"Ollama {s.url}"
@@ -94,6 +100,12 @@ async def _forward(
                 except proxy.UPSTREAM_ERRORS as e:
                     failure = f"{what} unreachable: {e or type(e).__name__}"
                     continue
+                except asyncio.CancelledError:
+                    if not flight.aborted:
+                        raise
+                    proxy.uncancel(flight.task)
+                    raise proxy.shutting_down(STOPPING) from None
+                flight.upstream = upstream
                 extra: tuple[tuple[str, str], ...] = ()
                 if upstream.status == 503 and "Retry-After" not in upstream.headers:
                     extra = (("Retry-After", str(BUSY_RETRY_AFTER_S)),)
@@ -109,7 +121,7 @@ async def _forward(
             finally:
                 s.in_flight -= 1
     finally:
-        in_flight.count -= 1
+        in_flight.landed(flight)
     raise ApiError(502, "ollama_unavailable", failure)
 
 
@@ -212,3 +224,8 @@ async def get_model(request: web.Request) -> web.Response:
     if name not in request.app[SUPPORTED]:
         raise not_found(f"model {name!r} is not a supported model", code="model_not_found")
     return json_response(_entry(request.app[OLLAMAS], name))
+
+
+async def stop_serving(app: web.Application) -> None:
+    """on_shutdown: let requests in flight finish for a while, then end them saying why."""
+    await app[IN_FLIGHT].stop(SHUTDOWN_TIMEOUT_S, STOPPING)

@@ -17,6 +17,8 @@ from pathlib import Path
 from aiohttp import web
 
 from fleetd.agent.signals import Notice
+from fleetd.core import proxy
+from fleetd.core.tokens import private_dir
 
 log = logging.getLogger("fleetd.agent")
 
@@ -86,10 +88,40 @@ class CoordinatorMirror:
 
 
 class InFlight:
-    """Inference requests this agent is serving now (heartbeats and ``/fleetd/status``)."""
+    """Inference requests this agent is serving now: counted for heartbeats and
+    ``/fleetd/status``, and ended saying why when the agent stops."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.flights: set[proxy.Flight] = set()
+        self.stopping = False
+        self._idle = asyncio.Event()
+
+    def took_off(self, flight: proxy.Flight) -> None:
+        self.count += 1
+        self.flights.add(flight)
+
+    def landed(self, flight: proxy.Flight) -> None:
+        self.count -= 1
+        self.flights.discard(flight)
+        if self.stopping and not self.flights:
+            self._idle.set()
+
+    async def stop(self, grace_s: float, why: str) -> None:
+        """On shutdown: requests in flight get ``grace_s`` to finish, then end with ``why``
+        (not as if Ollama had failed); the caller refuses new ones once ``stopping``."""
+        self.stopping = True
+        if not self.flights:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        log.warning("ending %d request(s) in flight: the agent is stopping", len(self.flights))
+        error = proxy.ShuttingDown(why)
+        for flight in list(self.flights):
+            flight.abort(error)
 
 
 class Stop:
@@ -116,7 +148,7 @@ def save_json(path: Path, obj: object) -> None:
 
 def load_identity(data_dir: Path) -> tuple[str, list[str]]:
     """The stable instance id of this agent (created once) and the last known supported list."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     id_file = data_dir / "instance_id"
     try:
         instance_id = id_file.read_text(encoding="utf-8").strip()
