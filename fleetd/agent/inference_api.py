@@ -87,8 +87,7 @@ async def _forward(
     try:
         for s in servers[:2]:
             what = f"Ollama {s.url}"
-            s.in_flight += 1
-            try:
+            with s.serving():
                 try:
                     upstream = await session.request(
                         request.method,
@@ -118,8 +117,6 @@ async def _forward(
                     else:
                         upstream.close()
                 return resp
-            finally:
-                s.in_flight -= 1
     finally:
         in_flight.landed(flight)
     raise ApiError(502, "ollama_unavailable", failure)

@@ -12,7 +12,9 @@ places.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -53,6 +55,15 @@ class LocalServer:
 
     def resident(self) -> set[str]:
         return {m for m, forever in self.loaded.items() if forever}
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[None]:
+        """Around one inference request at this server."""
+        self.in_flight += 1
+        try:
+            yield
+        finally:
+            self.in_flight -= 1
 
     def unreachable(self) -> None:
         self.installed, self.loaded = frozenset(), {}
