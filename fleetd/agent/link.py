@@ -1,7 +1,9 @@
 """The agent's link to the coordinator: register (with backoff), then heartbeat forever.
 
 A 403 ``gpu_required`` ends the agent with one clear line; a 404 on heartbeat means the
-coordinator forgot us (new database), so we register again; anything else is retried.
+coordinator forgot us (new database), so we register again; anything else is retried. With
+several coordinator URLs, one that cannot be reached (or answers 5xx) hands over to the next
+at once (``coordinators.py``); the backoff starts once every URL has failed in turn.
 """
 
 from __future__ import annotations
@@ -77,9 +79,13 @@ class Link:
         self.rt = rt
         self.session = session
         self.probe = probe
-        self.base = rt.config.coordinator_url
+        self.coordinators = rt.coordinators
         self._cpu_prev: tuple[float, float] | None = None
         self.ollamas = [Ollama(session, s.url) for s in rt.config.ollama]
+
+    @property
+    def base(self) -> str:
+        return self.coordinators.current
 
     async def _post(self, path: str, payload: msgspec.Struct) -> RegistrationReply:
         async with self.session.post(
@@ -123,7 +129,9 @@ class Link:
     async def register(self) -> None:
         """Until registered: a refusal for lack of GPU stops the agent; other failures retry."""
         delay = 1.0
+        misses = 0
         while True:
+            base = self.base
             gpus = await self.probe.probe()
             versions, models = await self._installed()
             reg = Registration(
@@ -147,26 +155,34 @@ class Link:
                     )
                     self.rt.fail(EXIT_NO_GPU)
                     return
+                if e.status >= 500 and self.coordinators.failed(base, f"HTTP {e.status}"):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        continue
                 log.warning(
                     "registration at %s refused (HTTP %d): %s; retrying in %.0fs",
-                    self.base,
+                    base,
                     e.status,
                     e,
                     delay,
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as e:
+                if self.coordinators.failed(base, str(e) or type(e).__name__):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        continue  # the next coordinator at once; back off after a full round
                 log.warning(
                     "coordinator %s unreachable (%s); retrying in %.0fs",
-                    self.base,
+                    base,
                     e or type(e).__name__,
                     delay,
                 )
             else:
                 self.rt.agent_id = reply.id
-                self.rt.mirror_url = self.base if reply.mirror else ""
+                self.rt.mirror_url = base if reply.mirror else ""
                 self.rt.mirror_known.set()
                 await self.rt.set_supported(reply.supported_models)
-                log.info("registered with %s as agent %s (%s)", self.base, reply.id, self.rt.name)
+                log.info("registered with %s as agent %s (%s)", base, reply.id, self.rt.name)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -186,8 +202,9 @@ class Link:
             status_message=rt.readiness.message,
             loaded_models=sorted(rt.readiness.loaded),
         )
+        base = self.base
         reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)
-        rt.mirror_url = self.base if reply.mirror else ""
+        rt.mirror_url = base if reply.mirror else ""
         await rt.set_supported(reply.supported_models)
 
     async def run(self) -> None:
@@ -195,19 +212,26 @@ class Link:
         await self.register()
         interval = self.rt.config.heartbeat_interval_s
         failing_since: float | None = None
+        misses = 0
         while not self.rt.stop.is_set():
             try:
                 await asyncio.wait_for(self.rt.changed.wait(), timeout=interval)
             except asyncio.TimeoutError:
                 pass
             self.rt.changed.clear()
+            base = self.base
             try:
                 await self.heartbeat_once()
+                misses = 0
                 if failing_since is not None:
-                    log.info("coordinator %s reachable again", self.base)
+                    log.info("coordinator %s reachable again", base)
                     failing_since = None
             except _Rejected as e:
-                if e.status == 404:
+                if e.status >= 500 and self.coordinators.failed(base, f"HTTP {e.status}"):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        self.rt.changed.set()  # the next coordinator hears from us at once
+                elif e.status == 404:
                     log.warning(
                         "coordinator does not know agent %s; registering again", self.rt.agent_id
                     )
@@ -215,11 +239,16 @@ class Link:
                 else:
                     log.warning("heartbeat refused (HTTP %d): %s", e.status, e)
             except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as e:
+                if self.coordinators.failed(base, str(e) or type(e).__name__):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        self.rt.changed.set()  # the next coordinator hears from us at once
+                        continue
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning(
                         "heartbeat to %s failed (%s); will keep trying",
-                        self.base,
+                        base,
                         e or type(e).__name__,
                     )
 

@@ -38,6 +38,7 @@ class Reporter:
         self.rt = rt
         self.session = session
         self.dl = dl
+        self._sent_to = ""
 
     async def run(self) -> None:
         failing = False
@@ -65,6 +66,9 @@ class Reporter:
             except (aiohttp.ClientError, asyncio.TimeoutError, Refused) as err:
                 if models is not None:
                     self.dl.models_changed = True
+                if isinstance(err, (aiohttp.ClientConnectionError, asyncio.TimeoutError)):
+                    # Unacknowledged updates go again, to the next coordinator if there is one.
+                    self.rt.coordinators.failed(self._sent_to, str(err) or type(err).__name__)
                 if not failing:
                     log.warning(
                         "progress report to the coordinator failed: %s", err or type(err).__name__
@@ -79,7 +83,8 @@ class Reporter:
                 self.dl.cancel(task_id)
 
     async def _post(self, report: ProgressReport) -> ProgressReply:
-        url = f"{self.rt.config.coordinator_url}/api/agents/{self.rt.agent_id}/progress"
+        self._sent_to = self.rt.coordinators.current
+        url = f"{self._sent_to}/api/agents/{self.rt.agent_id}/progress"
         async with self.session.post(
             url,
             data=msgspec.json.encode(report),

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from fleetd.agent.coordinators import Coordinators
 from fleetd.config import AgentConfig
 
 log = logging.getLogger("fleetd.agent")
@@ -38,6 +39,7 @@ class Runtime:
         self.url = ""
         self.name = config.name
         self.supported_models: list[str] = []
+        self.coordinators = Coordinators(config.coordinator_urls())
         self.mirror_url = ""
         """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
         self.mirror_known = asyncio.Event()

@@ -19,6 +19,7 @@ from fleetd.coordinator import (
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
+from fleetd.coordinator.cluster import cluster_ctx
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
@@ -95,6 +96,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.cleanup_ctx.append(mirror_ctx)
+    app.cleanup_ctx.append(cluster_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)

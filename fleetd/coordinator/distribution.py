@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import datetime
 from typing import Any, Literal
 
@@ -46,6 +46,7 @@ from fleetd.core.wire import (
     Task,
     TaskUpdate,
     next_revision,
+    observe_revision,
     utcnow,
 )
 
@@ -90,6 +91,11 @@ class Distribution:
         self._jobs: set[asyncio.Task[None]] = set()
         self.on_task: list[Callable[[Task], None]] = []
         """Called on every change of a task (the gateway follows downloads under way)."""
+        # Set by the cluster (cluster.py) when coordinators share a database:
+        self.leading = True
+        """Whether this coordinator re-sends orders that did not arrive (one at a time)."""
+        self.tasks_by_id: Callable[[list[str]], Awaitable[list[Task]]] | None = None
+        """Reads tasks from the database: those another coordinator created just now."""
         registry.on_online.append(self._agent_online)
         registry.on_offline.append(self._agent_offline)
 
@@ -157,6 +163,8 @@ class Distribution:
                 await self.flush()
             except Exception:
                 log.exception("writing tasks to the store failed; will retry")
+            if not self.leading:
+                continue
             now = time.monotonic()
             for task_id, at in list(self._retry_at.items()):
                 t = self.tasks.get(task_id)
@@ -394,6 +402,48 @@ class Distribution:
         t.error, t.started_at, t.finished_at = None, None, None
         self._changed(t)
         self._retry_at[t.id] = time.monotonic() + ORPHAN_S
+
+    # -- other coordinators' news (cluster.py) ---------------------------------------------
+
+    def apply_remote(self, copy: Task) -> None:
+        """Another coordinator's copy of a task, read from the database: taken when newer
+        than ours, and published here. The leader makes sure a queued task's order arrives
+        (its creator may die before delivering it; orders are idempotent)."""
+        observe_revision(copy.revision)
+        t = self.tasks.get(copy.id)
+        if t is not None and t.revision >= copy.revision:
+            return
+        if t is None:
+            t = self.tasks[copy.id] = copy
+        else:
+            for field in copy.__struct_fields__:
+                setattr(t, field, getattr(copy, field))
+        if t.status == "queued":
+            self._retry_at.setdefault(t.id, time.monotonic() + ORPHAN_S)
+        elif t.status in TERMINAL or t.status == "downloading":
+            self._retry_at.pop(t.id, None)
+        self.events.publish("task", t)
+        for fn in self.on_task:
+            fn(t)
+
+    def installed_remote(self, agent_id: str, models: list[InstalledModel]) -> None:
+        self.installed[agent_id] = {m.name: m for m in models}
+        self.as_of[agent_id] = utcnow()
+
+    def take_over(self) -> None:
+        """This coordinator now leads: re-send every order that may not have arrived, as
+        after a restart."""
+        for t in self.tasks.values():
+            if t.status == "queued":
+                self._retry_at.setdefault(t.id, time.monotonic())
+
+    async def catch_up(self, report: ProgressReport) -> None:
+        """Tasks in ``report`` this coordinator has not heard of yet (just created through
+        another one) are read from the database, lest the agent be told to drop them."""
+        unknown = [u.task_id for u in report.tasks if u.task_id not in self.tasks]
+        if unknown and self.tasks_by_id is not None:
+            for t in await self.tasks_by_id(unknown):
+                self.apply_remote(t)
 
     def ingest(self, agent_id: str, report: ProgressReport) -> list[str]:
         """Apply a progress report; returns the task ids the agent must cancel."""
