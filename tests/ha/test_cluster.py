@@ -3,7 +3,9 @@ taken over when one is killed, agents moving to the survivor with their download
 
 from __future__ import annotations
 
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -20,7 +22,7 @@ from tests.distribution.conftest import (
     wait_agent,
     wait_task,
 )
-from tests.procs import Proc, wait_until
+from tests.procs import AGENT_TOKEN, SIM_GPU, Proc, wait_until
 
 EXTRA = "nomic-embed-text:latest"
 TIMEOUT_S = 3.0
@@ -131,3 +133,28 @@ def test_kill_9_of_one_coordinator_loses_nothing(fleet: Fleet, pg_url: str) -> N
     assert t2["id"] in {x["id"] for x in tasks(a2)}
     wait_task(a2, t2["id"], "completed", timeout=60)
     assert {x["id"] for x in agents(a2)} == {mover_id, lone_id}
+
+
+def test_agents_registering_through_both_at_once_get_one_id_each(fleet: Fleet, pg_url: str) -> None:
+    a, b = _pair(fleet, pg_url)
+    headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
+    n = 10
+    go = threading.Barrier(2 * n)
+
+    def register(job: tuple[Proc, int]) -> httpx.Response:
+        c, i = job
+        body = {"name": f"gpu-{i}", "url": f"http://127.0.0.1:{9000 + i}", "gpus": [SIM_GPU]}
+        body["instance_id"] = f"i-{i}"
+        with httpx.Client(headers=headers, timeout=30) as client:
+            go.wait()
+            return client.post(c.url + "/api/agents", json=body)
+
+    with ThreadPoolExecutor(2 * n) as pool:
+        replies = list(pool.map(register, [(c, i) for i in range(n) for c in (a, b)]))
+    assert all(r.status_code == 200 for r in replies), [r.text for r in replies]
+    ids = {r.json()["name"]: r.json()["id"] for r in replies}
+    assert len({r.json()["id"] for r in replies}) == n  # twice the same id per agent
+    for c in (a, b):
+        wait_until(
+            lambda c=c: {x["name"]: x["id"] for x in agents(c)} == ids, what="one id per agent"
+        )
