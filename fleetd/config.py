@@ -87,6 +87,7 @@ class AgentConfig(_Section):
     advertise_url: str = ""
     data_dir: str = "/var/lib/fleetd-agent"
     max_concurrent_downloads: int = 2
+    download_stall_timeout_s: float = 30.0
     heartbeat_interval_s: float = 5.0
     registry_url: str = "https://registry.ollama.ai"
     disk_margin_bytes: int = 2_000_000_000
@@ -213,6 +214,13 @@ def validate(cfg: Config) -> Config:
     check_database_url("coordinator.database_url", c.database_url)
     _check_coordinator_urls(a)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
+    if len(a.name) > 128 or not a.name.isprintable():
+        # The coordinator refuses such a name at registration (docs/api.md, Size limits).
+        raise ConfigError(
+            f"agent.name: expected at most 128 printable characters, got {a.name[:40]!r}…"
+            if len(a.name) > 128
+            else f"agent.name: control characters are not allowed, got {a.name!r}"
+        )
     _check_url("agent.registry_url", a.registry_url)
     if a.max_concurrent_downloads < 1:
         raise ConfigError(
@@ -220,6 +228,7 @@ def validate(cfg: Config) -> Config:
             f"got {a.max_concurrent_downloads}"
         )
     _positive("agent.heartbeat_interval_s", a.heartbeat_interval_s)
+    _positive("agent.download_stall_timeout_s", a.download_stall_timeout_s)
     _positive("agent.residency_check_s", a.residency_check_s, strict=False)
     if a.disk_margin_bytes < 0:
         raise ConfigError(f"agent.disk_margin_bytes: expected >= 0, got {a.disk_margin_bytes}")

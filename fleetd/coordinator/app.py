@@ -16,6 +16,7 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     inference_api,
+    loops,
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
@@ -72,12 +73,14 @@ async def build_app(config: Config) -> web.Application:
 
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[metrics_middleware, error_middleware, loops.loop_guard],
         client_max_size=MAX_BODY_BYTES,
         # A client that disconnects cancels its handler, and so its request to the agent.
         handler_args={"handler_cancellation": True},
     )
     app[SETTINGS] = c
+    app[loops.SELF_ID] = self_id = loops.new_instance_id()
+    app.on_response_prepare.append(loops.stamp)
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
     app[STORE] = store
     app[EVENTS] = EventBus()
@@ -92,7 +95,9 @@ async def build_app(config: Config) -> web.Application:
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
 
-    app.cleanup_ctx.extend([close_store, client_ctx(), run_registry, run_distribution])
+    app.cleanup_ctx.extend(
+        [close_store, client_ctx(headers={loops.HEADER: self_id}), run_registry, run_distribution]
+    )
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.cleanup_ctx.append(mirror_ctx)

@@ -9,7 +9,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.core.errors import ApiError
-from fleetd.core.http import check_token, require_token
+from fleetd.core.http import check_token, require_token, same_secret
 
 
 class Tokens(msgspec.Struct, frozen=True):
@@ -33,7 +33,7 @@ def is_admin(request: web.Request) -> bool:
     if check_token(request, tokens.admin):
         return True
     cookie = request.cookies.get(SESSION_COOKIE)
-    return cookie is not None and hmac.compare_digest(cookie, session_value(tokens))
+    return cookie is not None and same_secret(cookie, session_value(tokens))
 
 
 def require_admin(request: web.Request) -> None:

@@ -22,8 +22,13 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     )
     await resp.prepare(request)
     await resp.write(b"retry: 2000\n\n")
+
+    def hang_up() -> None:
+        if request.transport is not None:
+            request.transport.abort()  # close() would wait to send what it never will
+
     try:
-        async for msg in request.app[EVENTS].subscribe():
+        async for msg in request.app[EVENTS].subscribe(on_drop=hang_up):
             await resp.write(msg)
     except ConnectionResetError:
         pass

@@ -26,6 +26,7 @@ from multidict import CIMultiDict
 from prometheus_client import Counter, Histogram
 
 from fleetd.config import CoordinatorConfig
+from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.registry import REGISTRY, Registry
@@ -468,6 +469,7 @@ class Gateway:
             self._count(path, e.code)
             raise
         headers = proxy.request_headers(request.headers)
+        headers[loops.HEADER] = loops.forward_mark(request)
         session = request.app[CLIENT]
         retried = False
         while True:

@@ -337,7 +337,12 @@ class Registry:
             return
         batch = [self.agents[i] for i in self._dirty if i in self.agents]
         self._dirty.clear()
-        await self.store.save_agents(batch)
+        try:
+            await self.store.save_agents(batch)
+        except BaseException:
+            # Not lost: the next flush writes them again with whatever changed since.
+            self._dirty.update(a.id for a in batch)
+            raise
 
     async def run(self) -> None:
         interval = min(1.0, self.timeout / 4)
