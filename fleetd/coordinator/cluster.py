@@ -71,10 +71,13 @@ class Cluster:
     def _lead(self, leading: bool) -> None:
         if leading == self.registry.leading and leading == self.dist.leading:
             return
+        was = self.registry.leading
         self.registry.leading = self.dist.leading = leading
         if leading:
             log.info("this coordinator now runs the offline sweep and order retries")
             self.dist.take_over()
+        elif was and self.conn is not None:
+            log.warning("this coordinator no longer runs the offline sweep and order retries")
 
     # -- the session connection: LISTEN and the lock -------------------------------------
 
@@ -145,9 +148,12 @@ class Cluster:
                 pass
 
     async def close(self) -> None:
-        if self.conn is not None:
-            await self.conn.close(timeout=5)  # releases the lock at once for the others
-            self.conn = None
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            try:
+                await conn.close(timeout=5)  # releases the lock at once for the others
+            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
 
     # -- applying other coordinators' news ------------------------------------------------
 

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from fleetd.core.events import EventBus
-from fleetd.core.store import Store
+from fleetd.core.store import Store, StoreUnavailable
 from fleetd.core.wire import (
     Agent,
     Heartbeat,
@@ -158,7 +158,11 @@ class Registry:
         self._index(a)
         self._contact(a.id)
         a.revision = next_revision()  # the copy other coordinators read is the newer one
-        await self.store.save_agents([a])
+        try:
+            await self.store.save_agents([a])
+        except BaseException:
+            self._dirty.add(a.id)  # known in memory already: the next working flush saves it
+            raise
         self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
@@ -353,12 +357,14 @@ class Registry:
                     await self._confirm_expired()
                 except Exception as e:
                     log.warning("cannot read other coordinators' contacts; not sweeping: %s", e)
-                    continue
-                self.sweep()
+                else:
+                    self.sweep()
             else:
                 self._sweep_silent()  # the leader judges who is offline; suspicion is local
             try:
                 await self.flush()
+            except StoreUnavailable:
+                pass  # the store logged it once; the agents stay dirty until it can write
             except Exception:
                 log.exception("writing agents to the store failed; will retry")
 
