@@ -35,6 +35,7 @@ from aiohttp import web
 
 from fleetd.coordinator.distribution import DISTRIBUTION, Distribution
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY, Inventory
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.core.background import background
 from fleetd.core.pgstore import CHANGES, CONNECT_TIMEOUT_S, Change, PgStore, describe
@@ -50,10 +51,13 @@ CONTACT_FLUSH_S = 0.5
 
 
 class Cluster:
-    def __init__(self, store: PgStore, registry: Registry, dist: Distribution) -> None:
+    def __init__(
+        self, store: PgStore, registry: Registry, dist: Distribution, inventory: Inventory
+    ) -> None:
         self.store = store
         self.registry = registry
         self.dist = dist
+        self.inventory = inventory
         self.origin = uuid.uuid4().hex[:12]
         self.conn: Any = None
         self._news: asyncio.Queue[Change] = asyncio.Queue()
@@ -164,7 +168,7 @@ class Cluster:
         for t in await self.store.load_tasks():
             self.dist.apply_remote(t)
         for agent_id, models in (await self.store.load_installed()).items():
-            self.dist.installed_remote(agent_id, models)
+            self.inventory.taken(agent_id, models)
 
     async def run_news(self) -> None:
         """Apply notices in batches: all that arrived while the last batch was read."""
@@ -193,11 +197,7 @@ class Cluster:
                 self.dist.apply_remote(t)
         if ids["i"]:
             for agent_id, models in (await self.store.installed_of(list(ids["i"]))).items():
-                self.dist.installed_remote(agent_id, models)
-                agent = self.registry.get(agent_id)
-                if agent is not None:
-                    for fn in self.registry.on_change:
-                        fn(agent)
+                self.inventory.taken(agent_id, models)
 
     async def run_contacts(self) -> None:
         """Write who was heard from here, at most once per flush per agent."""
@@ -221,7 +221,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
     if not isinstance(store, PgStore):
         yield
         return
-    cluster = Cluster(store, app[REGISTRY], app[DISTRIBUTION])
+    cluster = Cluster(store, app[REGISTRY], app[DISTRIBUTION], app[INVENTORY])
     cluster.attach()
     app[REGISTRY].on_offline_elsewhere.append(app[GATEWAY].agent_offline)
     async with (

@@ -23,7 +23,6 @@ from fleetd.core.store import Store, StoreUnavailable
 from fleetd.core.wire import (
     Agent,
     Heartbeat,
-    InstalledModel,
     Registration,
     next_revision,
     observe_revision,
@@ -72,8 +71,6 @@ class Registry:
         online agent, pushed back on expiry if it was heard from meanwhile."""
         self._watched: set[str] = set()
         self.heartbeats = 0
-        self.reported_models: dict[str, list[InstalledModel]] = {}
-        """Installed models an agent listed when it registered, for on_online listeners."""
         # Set by the cluster (cluster.py) when coordinators share a database:
         self.arbiter: Callable[[Agent], Awaitable[Agent]] | None = None
         """Given a new agent, the one the database already holds for its instance (or URL),
@@ -166,10 +163,7 @@ class Registry:
         self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
-        if reg.models is not None:
-            self.reported_models[a.id] = reg.models
         self._notify(self.on_online, a)
-        self.reported_models.pop(a.id, None)
         return a
 
     @staticmethod
