@@ -16,6 +16,7 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     inference_api,
+    keys_api,
     loops,
     tasks_api,
 )
@@ -29,6 +30,7 @@ from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import accounts_ctx
 from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
@@ -113,6 +115,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(run_throttle)
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
+    app.cleanup_ctx.append(accounts_ctx)
     app.cleanup_ctx.append(mirror_ctx)
     app.cleanup_ctx.append(cluster_ctx)
     app.on_shutdown.append(end_streams)
@@ -122,6 +125,7 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(keys_api.routes)
     app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

@@ -15,7 +15,6 @@ import asyncio
 import errno
 import logging
 import time
-from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 
@@ -28,7 +27,9 @@ from prometheus_client import Counter, Histogram
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
+from fleetd.coordinator.fairgate import FairQueue, Waiter
 from fleetd.coordinator.inventory import INVENTORY, Inventory
+from fleetd.coordinator.keys import CALLER
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
@@ -52,6 +53,10 @@ _head = msgspec.json.Decoder(Head)
 def unknown_model(model: str) -> ApiError:
     """Worded as Ollama words it, so clients that match the text keep working."""
     return not_found(f'model "{model}" not found, try pulling it first', code="model_not_found")
+
+
+def fleet_busy(message: str) -> ApiError:
+    return ApiError(503, "fleet_busy", message, headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 STOPPING = "the coordinator is shutting down; retry the request in a moment"
@@ -136,7 +141,9 @@ class Gateway:
         """Agent id -> the models whose pools it is in."""
         self._extra: dict[str, frozenset[str]] = {}
         self._holders: dict[str, int] = {}
-        self._waiters: deque[tuple[str, asyncio.Future[str]]] = deque()
+        self._waiters = FairQueue()
+        self.max_per_agent = settings.max_requests_per_agent
+        """0: no cap (Ollama queues); else an agent with this many in flight is full."""
         self.metrics = metrics
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
@@ -299,9 +306,12 @@ class Gateway:
             self._place(a)  # the model leaves (or rejoins) that agent's pools at once
 
     def agent_offline(self, a: Agent) -> None:
-        """Registry listener: end the requests still waiting on an agent that fell silent."""
+        """Registry listener: end the requests still waiting on an agent that fell silent.
+
+        Not while stopping: a stopping coordinator no longer hears heartbeats, so agents
+        "expire" through its own fault; ``stop`` ends those requests saying why."""
         flights = self._flights.get(a.id)
-        if flights:
+        if flights and not self.stopping:
             log.warning(
                 "agent %s (%s) offline: ending %d request(s) in flight on it",
                 a.name,
@@ -345,10 +355,9 @@ class Gateway:
         """On shutdown: requests waiting in the gate get 503 ``shutting_down`` now, requests
         in flight get ``grace_s`` to finish, then are ended with an error saying why."""
         self.stopping = True
-        for _, fut in self._waiters:
+        for fut in self._waiters.clear():
             if not fut.done():
                 fut.set_exception(_stopping())
-        self._waiters.clear()
         self.metrics.queue_depth.set(0)
         if not self._flights:
             return
@@ -402,6 +411,8 @@ class Gateway:
             self.in_flight.pop(agent_id, None)
         for pool in self._member.get(agent_id, ()):
             pool.finished(agent_id)
+        if self.max_per_agent and self._waiters:
+            self._wake()  # a slot freed: the next waiter in the fair turn takes it
 
     # -- the gate -------------------------------------------------------------------------
 
@@ -409,24 +420,18 @@ class Gateway:
         pool = self.pools.get(model)
         agent_id = pool.pick() if pool is not None else None
         if agent_id is not None:
+            if self.max_per_agent and self.in_flight.get(agent_id, 0) >= self.max_per_agent:
+                return None  # the least busy candidate is full: all are (least-busy)
             self._start(agent_id)
         return agent_id
 
     def _wake(self) -> None:
-        """Serve waiting requests in arrival order, each as soon as its model has a candidate."""
-        still: deque[tuple[str, asyncio.Future[str]]] = deque()
-        for model, fut in self._waiters:
-            if fut.done():
-                continue
-            agent_id = self._pick(model)
-            if agent_id is None:
-                still.append((model, fut))
-            else:
-                fut.set_result(agent_id)
-        self._waiters = still
-        self.metrics.queue_depth.set(len(still))
+        """Serve waiting requests round-robin across keys (fairgate.py), each as soon as its
+        model has a candidate."""
+        self._waiters.serve(self._pick)
+        self.metrics.queue_depth.set(len(self._waiters))
 
-    async def acquire(self, model: str) -> str:
+    async def acquire(self, model: str, key: str = "") -> str:
         """A ready agent for ``model``, its in-flight count already raised; waits in the gate
         while there is none. 404 for a model nobody has, 503 when the queue or the wait ends."""
         if self.stopping:
@@ -444,19 +449,23 @@ class Gateway:
                 f"no agent is ready for {model} yet and {len(self._waiters)} requests are "
                 "already waiting (coordinator.queue_limit); models are starting, retry later"
             )
-        agent_id = await self._wait(model)
+        agent_id = await self._wait(model, key)
         if agent_id is None:
+            if self.can_serve(model):
+                raise fleet_busy(
+                    f"every agent serving {model} had coordinator.max_requests_per_agent "
+                    f"requests in flight for {self.queue_timeout_s:g}s; retry later"
+                )
             raise models_starting(
                 f"no agent became ready for {model} within {self.queue_timeout_s:g}s "
                 "(coordinator.queue_timeout_s); models are starting, retry later"
             )
         return agent_id
 
-    async def _wait(self, model: str) -> str | None:
+    async def _wait(self, model: str, key: str) -> str | None:
         """Wait in the gate, at most ``queue_timeout_s``, for a candidate for ``model``."""
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        entry = (model, fut)
-        self._waiters.append(entry)
+        entry = self._waiters.add(key, model, fut)
         self.metrics.queue_depth.set(len(self._waiters))
         try:
             await asyncio.wait((fut,), timeout=self.queue_timeout_s)
@@ -473,12 +482,9 @@ class Gateway:
         self._discard_waiter(entry)
         return None
 
-    def _discard_waiter(self, entry: tuple[str, asyncio.Future[str]]) -> None:
-        try:
-            self._waiters.remove(entry)
-        except ValueError:
-            return
-        self.metrics.queue_depth.set(len(self._waiters))
+    def _discard_waiter(self, entry: Waiter) -> None:
+        if self._waiters.discard(entry):
+            self.metrics.queue_depth.set(len(self._waiters))
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -508,8 +514,10 @@ class Gateway:
         before the failure is relayed."""
         path = request.path
         started = time.monotonic()
+        caller = request.get(CALLER)
+        key = caller.id if caller is not None else ""
         try:
-            agent_id = await self.acquire(model)
+            agent_id = await self.acquire(model, key)
         except ApiError as e:
             self._count(path, e.code)
             raise
@@ -529,7 +537,7 @@ class Gateway:
                 if not retried:
                     next_id = self._pick(model)
                     if next_id is None and len(self._waiters) < self.queue_limit:
-                        next_id = await self._wait(model)
+                        next_id = await self._wait(model, key)
                 if next_id is None:
                     self._count(path, "agent_failed")
                     if failure.reply is not None:

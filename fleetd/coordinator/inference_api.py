@@ -26,6 +26,7 @@ from fleetd.coordinator.model_check import check_registry
 from fleetd.coordinator.planning import Plan, plan
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import ACCOUNTS
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, encode, json_response, read_json, request_model
 from fleetd.core.ollama import error_message
@@ -53,10 +54,12 @@ _STARTED = int(time.time())
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    require_api_key(request)
+    key = require_api_key(request)
     gateway = request.app[GATEWAY]
     body = await request.read()
-    return await gateway.forward(request, body, gateway.model_of(body))
+    model = gateway.model_of(body)
+    with request.app[ACCOUNTS].admit(request, key, model) as meter:
+        return meter.done(await gateway.forward(request, body, model))
 
 
 for _path in FORWARDED:
@@ -69,8 +72,10 @@ def _model_entry(name: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    require_api_key(request)
+    allowed = require_api_key(request).models
     models = request.app[SETTINGS].supported_models
+    if allowed is not None:  # a key limited to some models sees those
+        models = [m for m in models if m in allowed]
     return json_response({"object": "list", "data": [_model_entry(m) for m in models]})
 
 
