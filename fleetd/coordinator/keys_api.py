@@ -158,24 +158,33 @@ async def revoke_key(request: web.Request) -> web.Response:
     return json_response(key_json(row))
 
 
+LATEST = 253402300799
+"""9999-12-31T23:59:59Z: the largest time accepted (and one both databases store)."""
+INTERVAL_MAX = 366 * 86400
+
+
 def _time(request: web.Request, param: str) -> int | None:
     raw = request.query.get(param)
     if raw is None or raw == "":
         return None
+    bad = bad_request(
+        f"{param}: expected ISO-8601 (2026-12-04T10:00:00Z) or unix seconds up to year 9999, "
+        f"got {raw!r}",
+        param=param,
+    )
     try:
-        return int(float(raw))
-    except ValueError:
-        pass
-    try:
-        t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        raise bad_request(
-            f"{param}: expected ISO-8601 (2026-12-04T10:00:00Z) or unix seconds, got {raw!r}",
-            param=param,
-        ) from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=timezone.utc)
-    return int(t.timestamp())
+        seconds = int(float(raw))
+    except (ValueError, OverflowError):  # not a number, or inf / nan
+        try:
+            t = datetime.fromisoformat(raw.replace("Z", "+00:00"))
+        except ValueError:
+            raise bad from None
+        if t.tzinfo is None:
+            t = t.replace(tzinfo=timezone.utc)
+        seconds = int(t.timestamp())
+    if not 0 <= seconds <= LATEST:
+        raise bad
+    return seconds
 
 
 @routes.get("/api/usage")
@@ -202,9 +211,10 @@ async def usage(request: web.Request) -> web.Response:
     interval = 0
     if q.get("interval"):
         raw = q["interval"]
-        if not raw.isdigit() or int(raw) < 60 or int(raw) % 60:
+        if not raw.isdigit() or not 60 <= int(raw) <= INTERVAL_MAX or int(raw) % 60:
             raise bad_request(
-                f"interval: expected seconds, a multiple of 60, got {raw!r}", param="interval"
+                f"interval: expected seconds, a multiple of 60 up to {INTERVAL_MAX}, got {raw!r}",
+                param="interval",
             )
         interval = int(raw)
     accounts = request.app[ACCOUNTS]

@@ -254,6 +254,10 @@ def test_duplicate_names_are_refused_until_revoked(keyed: Setup) -> None:
         ({"since": "yesterday"}, "since"),
         ({"until": "12:00"}, "until"),
         ({"interval": "90"}, "interval"),
+        ({"interval": str(10**30)}, "interval"),
+        ({"since": "inf"}, "since"),
+        ({"since": "1e30"}, "since"),
+        ({"until": "-5"}, "until"),
         ({"model": "bad name!"}, "model"),
     ],
 )
