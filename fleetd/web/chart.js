@@ -116,9 +116,10 @@ function lastValue(values) {
    given, is the top of the y axis (a GPU's memory, 100 %). The legend shows the latest
    values; hovering shows those at a time under it. */
 export function lineChart({ title, name, series, start, step, slots, fmt, max, summary }) {
-  const W = 640;
-  const H = 160;
-  const pad = { l: 56, r: 8, t: 10, b: 22 };
+  // About the width a chart gets in the grid, so that its text is drawn near its CSS size.
+  const W = 360;
+  const H = 150;
+  const pad = { l: 52, r: 6, t: 10, b: 22 };
   const n = Math.max(0, ...series.map((ser) => ser.values.length));
   const first = n - slots; // index at the axis' left end (negative: fewer samples so far)
   const end = start + (n - 1) * step;

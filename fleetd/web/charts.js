@@ -120,7 +120,7 @@ function peak(values) {
 }
 
 function fmtRate(v) {
-  if (v === 0) return "0";
+  if (Number.isInteger(v)) return v.toLocaleString();
   if (v < 10) return String(Number(v.toFixed(v < 0.1 ? 3 : 2)));
   if (v < 100) return v.toFixed(1);
   return Math.round(v).toLocaleString();
@@ -156,7 +156,9 @@ function figures(scope, d) {
     capacity = peak(s.gpu_memory_bytes);
   }
   const gpuNone = scope ? "no figures from this agent's GPUs" : "no agent reports GPU figures";
-  const nowUsed = [...used].reverse().find((v) => v !== null);
+  const latest = (values) => [...values].reverse().find((v) => v !== null);
+  const nowUsed = latest(used);
+  const nowUtil = latest(s.gpu_utilization);
   return [
     lineChart({ ...base, title: "Requests", name: "requests", series: requests, fmt: fmtRate, summary: `${said} ${last}` }),
     lineChart({
@@ -186,7 +188,7 @@ function figures(scope, d) {
       series: [{ label: "utilization", cls: "c-util", values: s.gpu_utilization }],
       fmt: fmtPct,
       max: 1,
-      summary: s.gpu_utilization.every((v) => v === null) ? gpuNone : "",
+      summary: nowUtil === undefined ? gpuNone : `${fmtPct(nowUtil)} now`,
     }),
     lineChart({
       ...base,
