@@ -61,6 +61,7 @@ class CoordinatorConfig(_Section):
     library_url: str = "https://ollama.com"
     registry_url: str = "https://registry.ollama.ai"
     catalog_refresh_s: float = 3600.0
+    keepalive_timeout_s: float = 20.0
     database_url: str = ""
     """Empty: SQLite in data_dir; ``postgresql://…``: PostgreSQL (``FLEETD_DATABASE_URL`` wins)."""
     mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
@@ -96,6 +97,7 @@ class AgentConfig(_Section):
     registry_url: str = "https://registry.ollama.ai"
     disk_margin_bytes: int = 2_000_000_000
     residency_check_s: float = 0.0
+    keepalive_timeout_s: float = 20.0
     ollama: list[OllamaServer] = msgspec.field(default_factory=lambda: [OllamaServer()])
     gpu: GpuConfig = msgspec.field(default_factory=GpuConfig)
 
@@ -187,6 +189,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"coordinator.history_max_agents: expected an integer >= 0, got {c.history_max_agents}"
         )
+    _positive("coordinator.keepalive_timeout_s", c.keepalive_timeout_s)
+    _positive("agent.keepalive_timeout_s", a.keepalive_timeout_s)
     if c.queue_limit < 0:
         raise ConfigError(f"coordinator.queue_limit: expected an integer >= 0, got {c.queue_limit}")
     for key in ("max_bytes", "upstream_bandwidth_bps"):

@@ -14,6 +14,7 @@ from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import encode, json_response, read_json
+from fleetd.core.store import STORE
 from fleetd.core.wire import Agent, Heartbeat, Registration
 
 routes = web.RouteTableDef()
@@ -119,4 +120,7 @@ async def get_agent(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    fault = await request.app[STORE].check()
+    if fault is not None:
+        return json_response({"status": "degraded", "store": fault}, status=503)
     return json_response({"status": "ok"})

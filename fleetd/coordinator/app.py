@@ -23,7 +23,7 @@ from fleetd.coordinator import (
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
-from fleetd.coordinator.gateway import gateway_ctx
+from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.history import history_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
@@ -36,14 +36,16 @@ from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
+from fleetd.core.server import SHUTDOWN_TIMEOUT_S
 from fleetd.core.store import STORE, SqliteStore, Store
+from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 log = logging.getLogger("fleetd.coordinator")
 
 
 def _prepare_data_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        tokens.private_dir(path)
     except OSError as e:
         raise StartupError(f"coordinator.data_dir = {str(path)!r}: {e.strerror}") from None
 
@@ -59,6 +61,7 @@ async def build_app(config: Config) -> web.Application:
     agent = await asyncio.to_thread(
         tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
     )
+    tokens.check_tokens(admin, agent, config.secrets.api_keys)
     store: Store
     if c.database_url:
         from fleetd.core.pgstore import open_pg_store
@@ -86,6 +89,7 @@ async def build_app(config: Config) -> web.Application:
     app.on_response_prepare.append(loops.stamp)
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
     app[STORE] = store
+    app[THROTTLE] = Throttle()
     app[EVENTS] = EventBus()
     app[METRICS] = Metrics()
     app[REGISTRY] = Registry(store, app[EVENTS], c.heartbeat_timeout_s)
@@ -97,10 +101,12 @@ async def build_app(config: Config) -> web.Application:
 
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
+        await app[GATEWAY].stop(SHUTDOWN_TIMEOUT_S)
 
     app.cleanup_ctx.extend(
         [close_store, client_ctx(headers={loops.HEADER: self_id}), run_registry, run_distribution]
     )
+    app.cleanup_ctx.append(run_throttle)
     app.cleanup_ctx.append(gateway_ctx(balancer))
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.cleanup_ctx.append(accounts_ctx)

@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.keys import KEYS, OPEN, STATIC, digest
+from fleetd.core import throttle
 from fleetd.core.errors import ApiError
 from fleetd.core.http import check_token, require_token, same_secret
 from fleetd.core.keystore import KeyRow
@@ -44,6 +45,7 @@ def _bearer(request: web.Request) -> str:
 
 
 def require_admin(request: web.Request) -> None:
+    throttle.guard(request)
     if not is_admin(request):
         secret = _bearer(request)
         if secret and (secret in request.app[TOKENS].api_keys or request.app[KEYS].is_key(secret)):
@@ -66,6 +68,7 @@ def require_api_key(request: web.Request) -> KeyRow:
     ring = request.app[KEYS]
     if not static and not ring.exist:
         return OPEN
+    throttle.guard(request)
     for key in static:
         if check_token(request, key):
             return STATIC
@@ -82,6 +85,8 @@ def require_api_key(request: web.Request) -> KeyRow:
                 "this API key was revoked; ask the fleet's operator for a new one",
                 headers={"WWW-Authenticate": "Bearer"},
             )
+    if request.headers.get("Authorization"):
+        throttle.failed(request, "API key")
     raise ApiError(
         401,
         "invalid_api_key",

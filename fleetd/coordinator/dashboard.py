@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import logging
 from collections.abc import Mapping
 from importlib.resources import files
 
@@ -16,10 +15,9 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import SESSION_COOKIE, TOKENS, is_admin, session_value
+from fleetd.core import throttle
 from fleetd.core.errors import ApiError, bad_request
 from fleetd.core.http import json_response, read_json, same_secret
-
-log = logging.getLogger("fleetd.dashboard")
 
 routes = web.RouteTableDef()
 
@@ -86,7 +84,11 @@ def _redirect(location: str) -> web.Response:
 
 
 def _token_matches(request: web.Request, token: str) -> bool:
-    return same_secret(token, request.app[TOKENS].admin)
+    throttle.guard(request)
+    if same_secret(token, request.app[TOKENS].admin):
+        return True
+    throttle.failed(request, "dashboard login")
+    return False
 
 
 def _set_session(request: web.Request, resp: web.StreamResponse) -> None:
@@ -107,7 +109,6 @@ async def serve_dashboard(request: web.Request) -> web.Response:
     token = request.query.get("token")
     if token is not None:
         if not _token_matches(request, token):
-            log.warning("dashboard login from %s with a wrong admin token", request.remote)
             return _redirect("/#bad-token")
         resp = _redirect("/")
         _set_session(request, resp)
@@ -156,7 +157,6 @@ async def create_session(request: web.Request) -> web.Response:
     else:
         token = (await read_json(request, _Login)).token
     if not _token_matches(request, token.strip()):
-        log.warning("dashboard login from %s with a wrong admin token", request.remote)
         if is_form:
             return _redirect("/#bad-token")
         raise ApiError(401, "unauthorized", "wrong admin token")

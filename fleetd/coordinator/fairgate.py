@@ -50,6 +50,13 @@ class FairQueue:
             del self._by_key[w[0]]
         return True
 
+    def take_all(self) -> list[asyncio.Future[str]]:
+        """Every waiter's future, the queue left empty (on shutdown)."""
+        futs = [fut for q in self._by_key.values() for _, _, fut in q]
+        self._by_key.clear()
+        self._n = 0
+        return futs
+
     def serve(self, pick: Callable[[str], str | None]) -> None:
         """Hand out agents while ``pick(model)`` finds one: a turn gives each key at most
         one, turns repeat until one gives nothing. A model ``pick`` found no agent for is not

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from fleetd.core.events import EventBus
-from fleetd.core.store import Store
+from fleetd.core.store import Store, StoreUnavailable
 from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
@@ -141,7 +141,11 @@ class Registry:
             a.total_models = total_models
         self._index(a)
         self._contact(a.id)
-        await self.store.save_agents([a])
+        try:
+            await self.store.save_agents([a])
+        except BaseException:
+            self._dirty.add(a.id)  # known in memory already: the next working flush saves it
+            raise
         self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
@@ -263,6 +267,8 @@ class Registry:
             self.sweep()
             try:
                 await self.flush()
+            except StoreUnavailable:
+                pass  # the store logged it once; the agents stay dirty until it can write
             except Exception:
                 log.exception("writing agents to the store failed; will retry")
 

@@ -10,6 +10,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from fleetd.core import throttle
 from fleetd.core.errors import ApiError, bad_request, explain_validation, too_deep
 from fleetd.core.names import InvalidModelName, is_valid, normalize
 
@@ -153,7 +154,10 @@ def check_token(request: web.Request, expected: str) -> bool:
 
 
 def require_token(request: web.Request, expected: str, what: str) -> None:
+    throttle.guard(request)
     if not check_token(request, expected):
+        if request.headers.get("Authorization"):
+            throttle.failed(request, what)  # a wrong guess; a missing token is not one
         raise ApiError(
             401,
             "unauthorized",

@@ -173,7 +173,7 @@ TOTALS_SQL = (
 class SqliteKeyStore:
     """SqliteStore's key and usage methods (mixed into SqliteStore)."""
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], writes: bool = False) -> T:
         raise NotImplementedError
 
     async def load_keys(self) -> list[KeyRow]:
@@ -191,7 +191,7 @@ class SqliteKeyStore:
             except sqlite3.IntegrityError:
                 raise DuplicateKeyName(key.name) from None
 
-        await self._submit(write)
+        await self._submit(write, writes=True)
 
     async def revoke_key(self, key_id: str, at: float) -> None:
         def write(c: sqlite3.Connection) -> None:
@@ -200,7 +200,7 @@ class SqliteKeyStore:
                 (at, key_id),
             )
 
-        await self._submit(write)
+        await self._submit(write, writes=True)
 
     async def add_usage(
         self, rows: Iterable[UsageRow], last_used: Iterable[tuple[str, float]]
@@ -223,7 +223,7 @@ class SqliteKeyStore:
                 used,
             )
 
-        await self._submit(write)
+        await self._submit(write, writes=True)
 
     async def usage_totals(self, minute: int, day: int) -> dict[str, tuple[int, int]]:
         sql = TOTALS_SQL.format(m="?", d="?")
