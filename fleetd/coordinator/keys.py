@@ -1,8 +1,8 @@
 """Managed API keys in memory: looked up by the SHA-256 of the secret a client sends.
 
 The database holds the keys (hashed); this ring is the coordinator's copy, changed at once by
-its own creations and revocations and reloaded from the database every few seconds (usage.py),
-so that a key revoked on another coordinator sharing the database stops working here too.
+its own creations and revocations, reloaded when PostgreSQL says another coordinator changed
+a key, and from the database every few seconds anyway (usage.py).
 The secret itself is shown once, in the reply that creates the key, and never logged.
 """
 

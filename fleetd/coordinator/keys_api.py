@@ -143,7 +143,8 @@ async def list_keys(request: web.Request) -> web.Response:
 
 @routes.delete("/api/keys/{id}")
 async def revoke_key(request: web.Request) -> web.Response:
-    """Revoke at once here; other coordinators learn it at their next sync (seconds)."""
+    """Revoke at once here; other coordinators hear of it by NOTIFY (PostgreSQL) or at
+    their next sync."""
     require_admin(request)
     ring = request.app[KEYS]
     row = ring.find(request.match_info["id"])

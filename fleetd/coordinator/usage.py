@@ -24,7 +24,7 @@ from fleetd.coordinator.keys import CALLER, KEYS, KeyRing
 from fleetd.coordinator.limits import Limiter
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.core.errors import ApiError
-from fleetd.core.keystore import KeyRow, UsageRow
+from fleetd.core.keystore import KeyRow, KeyWatch, UsageRow
 from fleetd.core.proxy import METER
 from fleetd.core.store import STORE, Store
 
@@ -167,6 +167,57 @@ class Accounts:
         self.lock = asyncio.Lock()
         """Held while syncing and while keys are created or revoked, so that a reload of
         the keys never misses a change made here."""
+        self.watch: KeyWatch | None = None
+        self._watching: asyncio.Task[None] | None = None
+        self._reload: asyncio.Task[None] | None = None
+        self._stale = False
+
+    # -- keys changed on other coordinators ----------------------------------------------
+
+    def keep_watching(self) -> None:
+        """(Re)subscribe to other coordinators' key changes if the subscription is gone
+        (PostgreSQL restarted); in the background, so syncs go on meanwhile."""
+        if self.watch is not None and self.watch.alive():
+            return
+        if self._watching is None or self._watching.done():
+            self._watching = asyncio.create_task(self._watch(), name="fleetd-keys-watch")
+
+    async def _watch(self) -> None:
+        try:
+            self.watch = await self.store.watch_keys(self.keys_changed)
+        except Exception as e:
+            log.warning(
+                "key changes of other coordinators not watched (reloaded every %gs instead): %s",
+                SYNC_S,
+                e,
+            )
+
+    def keys_changed(self) -> None:
+        """A key was created or revoked somewhere: reload the keys now, not at the next sync."""
+        self._stale = True
+        if self._reload is None or self._reload.done():
+            self._reload = asyncio.create_task(self._reload_keys(), name="fleetd-keys-reload")
+
+    async def _reload_keys(self) -> None:
+        while self._stale:
+            self._stale = False
+            async with self.lock:
+                try:
+                    self.keys.replace(await self.store.load_keys())
+                except Exception as e:
+                    log.warning("keys not reloaded (next try in %gs): %s", SYNC_S, e)
+                    return
+
+    async def close(self) -> None:
+        for task in (self._watching, self._reload):
+            if task is not None and not task.done():
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
+        if self.watch is not None:
+            await self.watch.close()
 
     def _row(self, key_id: str, model: str, now: float) -> list[int]:
         k = (key_id, model, int(now) // BUCKET_S * BUCKET_S)
@@ -281,6 +332,7 @@ async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
 
     async def loop() -> None:
         while True:
+            accounts.keep_watching()
             await asyncio.sleep(SYNC_S)
             try:
                 await accounts.sync()
@@ -294,4 +346,5 @@ async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
         await task
     except asyncio.CancelledError:
         pass
+    await accounts.close()
     await accounts.sync()

@@ -100,8 +100,20 @@ class DuplicateKeyName(ValueError):
     """Another active key has this name (possibly created on another coordinator)."""
 
 
+class KeyWatch(Protocol):
+    """A subscription to key changes made by other coordinators."""
+
+    def alive(self) -> bool: ...
+    async def close(self) -> None: ...
+
+
 class KeyStore(Protocol):
     """What the Store offers for keys and usage (both backends)."""
+
+    async def watch_keys(self, changed: Callable[[], None]) -> KeyWatch | None:
+        """Call ``changed`` when another coordinator creates or revokes a key (None: the
+        backend cannot tell, and the periodic reload is all there is)."""
+        ...
 
     async def load_keys(self) -> list[KeyRow]: ...
     async def insert_key(self, key: KeyRow) -> None: ...
@@ -175,6 +187,9 @@ class SqliteKeyStore:
 
     async def _submit(self, fn: Callable[[sqlite3.Connection], T], writes: bool = False) -> T:
         raise NotImplementedError
+
+    async def watch_keys(self, changed: Callable[[], None]) -> KeyWatch | None:
+        return None  # one coordinator per SQLite database: every change is its own
 
     async def load_keys(self) -> list[KeyRow]:
         sql = f"SELECT {', '.join(KEY_COLUMNS)} FROM api_keys"

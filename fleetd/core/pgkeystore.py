@@ -3,6 +3,7 @@ of core/keystore.py's)."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -51,11 +52,44 @@ PG_MIGRATION = """
 """
 
 
+CHANNEL = "fleetd_keys"
+"""NOTIFY channel: a key was created or revoked (payload: its id), sent at commit."""
+
+
+class _Listener:
+    """One connection of its own LISTENing on ``CHANNEL`` (pooled ones come and go)."""
+
+    def __init__(self, conn: Conn) -> None:
+        self.conn = conn
+
+    def alive(self) -> bool:
+        return not self.conn.is_closed()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.conn.close(), 5)
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError):
+            self.conn.terminate()
+
+
 class PgKeyStore:
     """PgStore's key and usage methods (mixed into PgStore)."""
 
+    url: str
+
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         raise NotImplementedError
+
+    async def watch_keys(self, changed: Callable[[], None]) -> _Listener | None:
+        """Other coordinators' creations and revocations, as they commit."""
+        try:
+            conn = await asyncpg.connect(self.url, timeout=10)
+            await conn.add_listener(CHANNEL, lambda *_: changed())
+        except Exception as e:
+            from fleetd.core.pgstore import describe  # (pgstore imports this module)
+
+            raise RuntimeError(describe(e, self.url)) from None
+        return _Listener(conn)
 
     async def _submit(self, op: Callable[[Conn], Awaitable[None]]) -> None:
         raise NotImplementedError
@@ -74,6 +108,7 @@ class PgKeyStore:
                 await conn.execute(sql, *values)
             except asyncpg.UniqueViolationError:
                 raise DuplicateKeyName(key.name) from None
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, key.id)
 
         await self._submit(op)
 
@@ -84,6 +119,7 @@ class PgKeyStore:
                 at,
                 key_id,
             )
+            await conn.execute("SELECT pg_notify($1, $2)", CHANNEL, key_id)
 
         await self._submit(op)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -72,4 +73,33 @@ async def test_usage_adds_up_across_writes_and_sums_by_range(reopen: Opener) -> 
     assert [r.bucket for r in hourly] == [day, day + 3600] and hourly[0].prompt_tokens == 11
     assert await s.query_usage(None, None, day + 60, day + 3600, 0) == []
     assert await s.query_usage(None, "m:2", 0, None, 0) == [UsageRow("b", "m:2", 0, 3)]
+    await s.close()
+
+
+async def test_postgres_tells_other_coordinators_of_key_changes(pg_url: str) -> None:
+    """Creations and revocations are NOTIFYed at commit, so other coordinators reload their
+    keys at once instead of at their next 2 s sync."""
+    one, two = PgStore(pg_url), PgStore(pg_url)
+    await one.open()
+    await two.open()
+    heard = asyncio.Event()
+    watch = await two.watch_keys(heard.set)
+    assert watch is not None and watch.alive()
+    try:
+        await one.insert_key(key("a", "team"))
+        await asyncio.wait_for(heard.wait(), 10)
+        heard.clear()
+        await one.revoke_key("a", 5.0)
+        await asyncio.wait_for(heard.wait(), 10)
+    finally:
+        await watch.close()
+        await one.close()
+        await two.close()
+    assert not watch.alive()
+
+
+async def test_sqlite_has_no_one_else_to_watch(tmp_path: Path) -> None:
+    s = SqliteStore(tmp_path / "fleetd.db")
+    await s.open()
+    assert await s.watch_keys(lambda: None) is None
     await s.close()
