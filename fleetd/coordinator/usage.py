@@ -6,6 +6,8 @@ and when the reply ends its token counts are read from the reply's last JSON obj
 ``usage`` or Ollama's ``prompt_eval_count``/``eval_count``. Every ``SYNC_S`` seconds one task
 writes the counts to the database in one batch, reads back every coordinator's totals for
 the limits, and reloads the keys (so a revocation elsewhere reaches this coordinator).
+``on_end`` listeners (the charts' history) see each reply's counts, and the agent that
+answered it (``SERVED_BY``, set by the gateway), as it ends.
 """
 
 from __future__ import annotations
