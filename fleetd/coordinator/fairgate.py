@@ -50,8 +50,8 @@ class FairQueue:
             del self._by_key[w[0]]
         return True
 
-    def take_all(self) -> list[asyncio.Future[str]]:
-        """Every waiter's future, the queue left empty (on shutdown)."""
+    def clear(self) -> list[asyncio.Future[str]]:
+        """Empty the queue; the futures of the requests that were waiting."""
         futs = [fut for q in self._by_key.values() for _, _, fut in q]
         self._by_key.clear()
         self._n = 0

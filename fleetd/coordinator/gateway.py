@@ -348,7 +348,7 @@ class Gateway:
         """On shutdown: requests waiting in the gate get 503 ``shutting_down`` now, requests
         in flight get ``grace_s`` to finish, then are ended with an error saying why."""
         self.stopping = True
-        for fut in self._waiters.take_all():
+        for fut in self._waiters.clear():
             if not fut.done():
                 fut.set_exception(_stopping())
         self.metrics.queue_depth.set(0)

@@ -179,13 +179,13 @@ async def relay(
                 chunk = await content.readany()
             except UPSTREAM_ERRORS as e:
                 sep = b"" if tail == b"\n" else b"\n\n"
-                if meter is not None:
-                    meter.broken()
                 if isinstance(e, ShuttingDown):
                     error = stream_error(upstream.content_type, str(e), "shutting_down")
                 else:
                     message = f"{what} failed mid-stream: {e or type(e).__name__}"
                     error = stream_error(upstream.content_type, message)
+                if meter is not None:
+                    meter.broken()
                 await out.write(sep + error)
                 await out.write_eof()
                 return out, BROKEN
