@@ -16,12 +16,15 @@ import random
 import time
 from collections import deque
 from types import SimpleNamespace
+from typing import cast
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.plugins import load_plugin
+from fleetd.core.store import Store
 from fleetd.core.wire import Agent
 
 MODEL = "gpt-oss:20b"
@@ -62,7 +65,8 @@ def run_gateway(name: str, n: int, picks: int, in_flight: int) -> float:
     """µs per pick + start + end through the Gateway, as a request pays for it."""
     cls = load_plugin("fleetd.balancer", name, "coordinator.balancer")
     registry = SimpleNamespace(agents={}, on_change=[])
-    gw = Gateway(CoordinatorConfig(supported_models=[MODEL]), registry, cls, Metrics(), {})  # type: ignore[arg-type]
+    inventory = Inventory(cast(Store, None))  # in memory only: never flushed here
+    gw = Gateway(CoordinatorConfig(supported_models=[MODEL]), registry, cls, Metrics(), inventory)  # type: ignore[arg-type]
     for i in range(n):
         gw.agent_changed(Agent(id=f"agent-{i:05d}", name="a", url="http://x", initializing=False))
     running: deque[str] = deque()

@@ -25,6 +25,7 @@ from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.history import history_ctx
+from fleetd.coordinator.inventory import inventory_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
@@ -104,7 +105,13 @@ async def build_app(config: Config) -> web.Application:
         await app[GATEWAY].stop(SHUTDOWN_TIMEOUT_S)
 
     app.cleanup_ctx.extend(
-        [close_store, client_ctx(headers={loops.HEADER: self_id}), run_registry, run_distribution]
+        [
+            close_store,
+            client_ctx(headers={loops.HEADER: self_id}),
+            run_registry,
+            inventory_ctx,
+            run_distribution,
+        ]
     )
     app.cleanup_ctx.append(run_throttle)
     app.cleanup_ctx.append(gateway_ctx(balancer))

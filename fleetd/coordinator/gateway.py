@@ -15,7 +15,7 @@ import asyncio
 import errno
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable
 from functools import partial
 
 import aiohttp
@@ -28,6 +28,7 @@ from fleetd.config import CoordinatorConfig
 from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.fairgate import FairQueue, Waiter
+from fleetd.coordinator.inventory import INVENTORY, Inventory
 from fleetd.coordinator.keys import CALLER
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.registry import REGISTRY, Registry
@@ -123,12 +124,11 @@ class Gateway:
         registry: Registry,
         balancer: Callable[[], Balancer],
         metrics: Metrics,
-        installed: Mapping[str, Mapping[str, object]],
+        inventory: Inventory,
         tasks: Iterable[Task] = (),
     ) -> None:
         self.registry = registry
-        self.installed = installed
-        """Agent id -> its installed models by name, as the distribution keeps them."""
+        self.inventory = inventory
         self.supported = frozenset(settings.supported_models)
         self.queue_limit = settings.queue_limit
         self.queue_timeout_s = settings.queue_timeout_s
@@ -163,6 +163,7 @@ class Gateway:
         for t in tasks:
             self.task_changed(t)
         registry.on_change.append(self.agent_changed)
+        inventory.on_change.append(self.installed_changed)
         registry.on_offline.append(self.agent_offline)
         for a in list(registry.agents.values()):
             # As the store knew them before a restart: an agent that was ready is a candidate
@@ -177,7 +178,7 @@ class Gateway:
             model in self.supported
             or model in self._holders
             # Agents not heard from since this coordinator started are not in _holders.
-            or any(model in models for models in self.installed.values())
+            or bool(self.inventory.agents_with(model))
         )
 
     def _offline_holders(self, model: str) -> list[str] | None:
@@ -188,7 +189,7 @@ class Gateway:
             return None
         offline: list[str] = []
         holders = [aid for aid, models in self._extra.items() if model in models]
-        holders += [aid for aid, models in self.installed.items() if model in models]
+        holders += self.inventory.agents_with(model)
         for agent_id in dict.fromkeys(holders):
             a = self.registry.agents.get(agent_id)
             if a is None or a.status == "online":
@@ -199,9 +200,7 @@ class Gateway:
     def _models(self, a: Agent) -> frozenset[str]:
         """The models other than the supported ones that ``a`` has (installed or loaded)."""
         extra = [m for m in a.loaded_models if m not in self.supported]
-        installed = self.installed.get(a.id)
-        if installed:
-            extra += [m for m in installed if m not in self.supported]
+        extra += [m for m in self.inventory.models(a.id) if m not in self.supported]
         return frozenset(extra) if extra else _EMPTY
 
     def _set_extra(self, agent_id: str, models: frozenset[str]) -> None:
@@ -231,9 +230,7 @@ class Gateway:
         """What ready agent ``a`` can serve: the models it has loaded or installed (every
         supported one while it reports them all ready), less those it is downloading."""
         models = set(a.loaded_models)
-        installed = self.installed.get(a.id)
-        if installed:
-            models.update(installed)
+        models.update(self.inventory.models(a.id))
         if a.ready_models >= a.total_models:
             models |= self.supported
         fetching = self._fetching.get(a.id)
@@ -252,6 +249,14 @@ class Gateway:
             # Any news from the agent itself proves it is up again.
             self.suspect.discard(a.id)
         self._place(a)
+
+    def installed_changed(self, agent_id: str) -> None:
+        """Inventory listener: ``agent_id`` serves what it installed at once, not from its
+        next heartbeat on (and a suspect stays suspect: this is no heartbeat)."""
+        a = self.registry.agents.get(agent_id)
+        if a is not None:
+            self._set_extra(a.id, self._models(a))
+            self._place(a)
 
     def _place(self, a: Agent) -> None:
         """Put ``a`` in the pools of the models it serves now, with its current load."""
@@ -623,7 +628,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def gateway_ctx(
     balancer: Callable[[], Balancer],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx entry, after the distribution's (it reads what agents have installed)."""
+    """A cleanup_ctx entry, after the inventory's and the distribution's."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         dist = app[DISTRIBUTION]
@@ -632,7 +637,7 @@ def gateway_ctx(
             app[REGISTRY],
             balancer,
             app[METRICS],
-            dist.installed,
+            app[INVENTORY],
             dist.tasks.values(),
         )
         dist.on_task.append(gateway.task_changed)

@@ -21,7 +21,9 @@ from fleetd import __version__
 from fleetd.coordinator.auth import require_admin, require_api_key
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
+from fleetd.coordinator.planning import Plan, plan
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.coordinator.usage import ACCOUNTS
@@ -244,26 +246,23 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     online = request.app[REGISTRY].online()
     if not online:
         raise ApiError(409, "no_agents", "no agent is online to pull to")
-    dist = request.app[DISTRIBUTION]
-    warning = None
-    if any(
-        dist.active_task(a.id, model) is None and model not in dist.installed.get(a.id, {})
-        for a in online
-    ):
-        warning = await check_registry(request.app, model)
-    tasks: list[Task] = []
-    new: list[Task] = []
-    done_bytes = 0
-    for agent in online:
-        t = dist.active_task(agent.id, model)
-        if t is None:
-            have = dist.installed.get(agent.id, {}).get(model)
-            if have is not None:
-                done_bytes += have.size
-                continue
-            t = dist.create(agent, model)
-            new.append(t)
-        tasks.append(t)
+    dist, inventory = request.app[DISTRIBUTION], request.app[INVENTORY]
+
+    def planned() -> Plan:
+        return plan(
+            model,
+            online,
+            active=dist.active_for(model),
+            holders=inventory.agents_with(model),
+            if_installed="skip",
+            if_offline="retry-when-online",  # online when listed: it gets its task back
+        )
+
+    warning = await check_registry(request.app, model) if planned().wanted else None
+    p = planned()  # again after the check's await; none from here until the tasks exist
+    new = [dist.create(a, model) for a in p.create]
+    tasks = p.under_way + new
+    done_bytes = sum(m.size for a in p.installed if (m := inventory.get(a.id, model)))
     if new:
         await dist.launch(new)
     lines = _follow(model, tasks, done_bytes, len(online) - len(tasks), warning)

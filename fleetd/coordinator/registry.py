@@ -20,7 +20,7 @@ from aiohttp import web
 
 from fleetd.core.events import EventBus
 from fleetd.core.store import Store, StoreUnavailable
-from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
+from fleetd.core.wire import Agent, Heartbeat, Registration, next_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
 
@@ -62,8 +62,6 @@ class Registry:
         online agent, pushed back on expiry if it was heard from meanwhile."""
         self._watched: set[str] = set()
         self.heartbeats = 0
-        self.reported_models: dict[str, list[InstalledModel]] = {}
-        """Installed models an agent listed when it registered, for on_online listeners."""
 
     async def load(self) -> None:
         now = time.monotonic()
@@ -149,10 +147,7 @@ class Registry:
         self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
-        if reg.models is not None:
-            self.reported_models[a.id] = reg.models
         self._notify(self.on_online, a)
-        self.reported_models.pop(a.id, None)
         return a
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> Agent | None:

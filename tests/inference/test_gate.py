@@ -1,4 +1,4 @@
-"""The gate (spec M6): while no agent is ready, requests wait in a bounded FIFO queue; an agent
+"""The gate: while no agent is ready, requests wait in a bounded FIFO queue; an agent
 becoming ready serves them in arrival order; past the limit or the time, 503 models_starting."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import asyncio
 import threading
 import time
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -15,10 +15,12 @@ import pytest
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
-from fleetd.core.wire import Agent, Task
+from fleetd.core.store import Store
+from fleetd.core.wire import Agent, InstalledModel, Task
 from tests.conftest import Fleet
 from tests.inference.conftest import CHAT, EMBED, MESSAGES, agents, sim_post, start
 from tests.procs import wait_until
@@ -29,7 +31,8 @@ def gateway(**settings: Any) -> tuple[Gateway, Metrics]:
     metrics = Metrics()
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
     config = CoordinatorConfig(supported_models=[CHAT], **settings)
-    return Gateway(config, registry, cls, metrics, {}), metrics  # type: ignore[arg-type]
+    inventory = Inventory(cast(Store, None))  # never flushed here
+    return Gateway(config, registry, cls, metrics, inventory), metrics  # type: ignore[arg-type]
 
 
 def ready(agent_id: str, **fields: Any) -> Agent:
@@ -86,7 +89,7 @@ async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() ->
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 404 and "other:1b" in err.value.message
-    gw.installed["offline-agent"] = {"other:1b": object()}  # type: ignore[index]
+    gw.inventory.report("offline-agent", [InstalledModel(name="other:1b", size=1)])
     with pytest.raises(ApiError) as waited:
         await gw.acquire("other:1b")
     assert waited.value.code == "models_starting"
@@ -142,7 +145,7 @@ def test_requests_wait_while_every_agent_initializes(fleet: Fleet) -> None:
 async def test_a_model_only_offline_agents_have_is_503_at_once_unless_on_its_way() -> None:
     gw, _ = gateway(queue_timeout_s=0.1)
     gw.registry.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
-    gw.installed["a1"] = {"other:1b": object()}  # type: ignore[index]
+    gw.inventory.report("a1", [InstalledModel(name="other:1b", size=1)])
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 503 and err.value.code == "no_agent_has_model"
