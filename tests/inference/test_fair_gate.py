@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import re
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -15,9 +15,11 @@ import pytest
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.fairgate import FairQueue
 from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
+from fleetd.core.store import Store
 from fleetd.core.wire import Agent
 from tests.conftest import Fleet
 from tests.inference.conftest import CHAT, MESSAGES, start
@@ -46,7 +48,8 @@ def gateway(**settings: Any) -> Gateway:
     registry = SimpleNamespace(agents={}, on_change=[], on_offline=[])
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
     config = CoordinatorConfig(supported_models=[CHAT], **settings)
-    return Gateway(config, registry, cls, Metrics(), {})  # type: ignore[arg-type]
+    inventory = Inventory(cast(Store, None))  # never flushed here
+    return Gateway(config, registry, cls, Metrics(), inventory)  # type: ignore[arg-type]
 
 
 async def test_a_full_agent_holds_requests_which_take_turns_by_key() -> None:
