@@ -307,9 +307,12 @@ class Gateway:
             self._place(a)  # the model leaves (or rejoins) that agent's pools at once
 
     def agent_offline(self, a: Agent) -> None:
-        """Registry listener: end the requests still waiting on an agent that fell silent."""
+        """Registry listener: end the requests still waiting on an agent that fell silent.
+
+        Not while stopping: a stopping coordinator no longer hears heartbeats, so agents
+        "expire" through its own fault; ``stop`` ends those requests saying why."""
         flights = self._flights.get(a.id)
-        if flights:
+        if flights and not self.stopping:
             log.warning(
                 "agent %s (%s) offline: ending %d request(s) in flight on it",
                 a.name,
