@@ -55,6 +55,15 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
             "coordinator.max_requests_per_agent: expected an integer >= 0",
         ),
         (
+            "[coordinator]\nhistory_interval_s = 0",
+            "coordinator.history_interval_s: expected 1 to 60 seconds, got 0",
+        ),
+        ("[coordinator]\nhistory_interval_s = 2.5", "coordinator.history_interval_s: expected"),
+        (
+            "[coordinator]\nhistory_max_agents = -1",
+            "coordinator.history_max_agents: expected an integer >= 0, got -1",
+        ),
+        (
             '[coordinator]\ndatabase_url = "mysql://u:hunter2@db/fleet"',
             "coordinator.database_url: expected a postgresql:// URL (or empty for SQLite in "
             "data_dir), got 'mysql://u:***@db/fleet'",
@@ -134,6 +143,21 @@ def test_supported_models_are_normalized() -> None:
             ["--role", "agent", "--coordinator", "not-a-url"],
             "agent.coordinator_url: expected an http",
         ),
+        (
+            ["--role", "agent", "--coordinator", "http://a:8080,nope"],
+            "agent.coordinator_url[1]: expected an http",
+        ),
+        (
+            [
+                "--role",
+                "agent",
+                "--coordinator",
+                "http://a:8080",
+                "--coordinator",
+                "http://a:8080/",
+            ],
+            "agent.coordinator_url: a URL is listed twice",
+        ),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line(args: list[str], message: str) -> None:
@@ -152,3 +176,12 @@ def test_version_and_help() -> None:
     for flag in ("--role", "--config", "--listen", "--data-dir", "--coordinator", "--ollama"):
         assert flag in out
     assert "sim-ollama" in out
+
+
+def test_coordinator_url_is_one_url_or_a_list() -> None:
+    one = config.load(None, {"agent.coordinator_url": "http://a:8080/"}, env={})
+    assert one.agent.coordinator_urls() == ["http://a:8080"]
+    both = config.load(None, {"agent.coordinator_url": ["http://a:8080", "http://b:8080/"]}, env={})
+    assert both.agent.coordinator_urls() == ["http://a:8080", "http://b:8080"]
+    with pytest.raises(config.ConfigError, match=r"^agent.coordinator_url: expected a URL or a"):
+        config.load(None, {"agent.coordinator_url": []}, env={})

@@ -16,6 +16,7 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     fleet_api,
+    history_api,
     inference_api,
     keys_api,
     loops,
@@ -23,8 +24,10 @@ from fleetd.coordinator import (
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
+from fleetd.coordinator.cluster import cluster_ctx
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
+from fleetd.coordinator.history import history_ctx
 from fleetd.coordinator.inventory import inventory_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
@@ -122,7 +125,9 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
     app.cleanup_ctx.append(fleet_api.follow_model_sets)
     app.cleanup_ctx.append(accounts_ctx)
+    app.cleanup_ctx.append(history_ctx)
     app.cleanup_ctx.append(mirror_ctx)
+    app.cleanup_ctx.append(cluster_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)
@@ -133,6 +138,7 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
     app.router.add_routes(keys_api.routes)
+    app.router.add_routes(history_api.routes)
     app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app
