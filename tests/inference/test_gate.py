@@ -1,4 +1,4 @@
-"""The gate (spec M6): while no agent is ready, requests wait in a bounded FIFO queue; an agent
+"""The gate: while no agent is ready, requests wait in a bounded FIFO queue; an agent
 becoming ready serves them in arrival order; past the limit or the time, 503 models_starting."""
 
 from __future__ import annotations
@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -14,8 +13,9 @@ import openai
 import pytest
 
 from fleetd.config import CoordinatorConfig
-from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.gate import Gate
 from fleetd.coordinator.metrics import Metrics
+from fleetd.coordinator.pools import Pools
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
 from fleetd.core.wire import Agent, Task
@@ -24,12 +24,12 @@ from tests.inference.conftest import CHAT, EMBED, MESSAGES, agents, sim_post, st
 from tests.procs import wait_until
 
 
-def gateway(**settings: Any) -> tuple[Gateway, Metrics]:
-    registry = SimpleNamespace(agents={}, on_change=[], on_offline=[])
+def gateway(**settings: Any) -> tuple[Gate, Metrics]:
     metrics = Metrics()
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
-    config = CoordinatorConfig(supported_models=[CHAT], **settings)
-    return Gateway(config, registry, cls, metrics, {}), metrics  # type: ignore[arg-type]
+    c = CoordinatorConfig(supported_models=[CHAT], **settings)
+    pools = Pools(c.supported_models, {}, cls, metrics, {})
+    return Gate(pools, c.queue_limit, c.queue_timeout_s, metrics), metrics
 
 
 def ready(agent_id: str, **fields: Any) -> Agent:
@@ -48,11 +48,11 @@ async def test_waiters_are_served_in_arrival_order_when_an_agent_is_ready() -> N
     waiters = [asyncio.create_task(request(i)) for i in range(5)]
     await asyncio.sleep(0.05)
     assert served == [] and metrics.queue_depth._value.get() == 5
-    gw.agent_changed(ready("a1"))
+    gw.pools.agent_changed(ready("a1"))
     await asyncio.gather(*waiters)
     assert served == [0, 1, 2, 3, 4]
     assert metrics.queue_depth._value.get() == 0
-    assert gw.in_flight["a1"] == 5  # counted from the moment each was handed the agent
+    assert gw.pools.in_flight["a1"] == 5  # counted from the moment each was handed the agent
 
 
 async def test_queue_limit_and_timeout_answer_503_models_starting() -> None:
@@ -77,8 +77,8 @@ async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert metrics.queue_depth._value.get() == 0 and not gw._waiters
-    gw.agent_changed(ready("a1"))
-    assert gw.in_flight == {}
+    gw.pools.agent_changed(ready("a1"))
+    assert gw.pools.in_flight == {}
 
 
 async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() -> None:
@@ -86,7 +86,7 @@ async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() ->
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 404 and "other:1b" in err.value.message
-    gw.installed["offline-agent"] = {"other:1b": object()}  # type: ignore[index]
+    gw.pools.installed["offline-agent"] = {"other:1b": object()}  # type: ignore[index]
     with pytest.raises(ApiError) as waited:
         await gw.acquire("other:1b")
     assert waited.value.code == "models_starting"
@@ -141,18 +141,18 @@ def test_requests_wait_while_every_agent_initializes(fleet: Fleet) -> None:
 
 async def test_a_model_only_offline_agents_have_is_503_at_once_unless_on_its_way() -> None:
     gw, _ = gateway(queue_timeout_s=0.1)
-    gw.registry.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
-    gw.installed["a1"] = {"other:1b": object()}  # type: ignore[index]
+    gw.pools.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
+    gw.pools.installed["a1"] = {"other:1b": object()}  # type: ignore[index]
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 503 and err.value.code == "no_agent_has_model"
     assert "gpu-1" in err.value.message and "other:1b" in err.value.message
     # A download under way: the model is on its way, so the request waits in the gate.
-    gw.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="downloading"))
+    gw.pools.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="downloading"))
     with pytest.raises(ApiError) as waited:
         await gw.acquire("other:1b")
     assert waited.value.code == "models_starting"
-    gw.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="failed"))
+    gw.pools.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="failed"))
     with pytest.raises(ApiError) as again:
         await gw.acquire("other:1b")
     assert again.value.code == "no_agent_has_model"
