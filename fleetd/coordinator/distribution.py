@@ -18,9 +18,9 @@ import asyncio
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from datetime import datetime
-from typing import Any, Literal
+from typing import Literal
 
 import aiohttp
 import msgspec
@@ -29,7 +29,7 @@ from aiohttp import web
 from fleetd.coordinator.auth import TOKENS
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
-from fleetd.core.background import background
+from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
 from fleetd.core.names import InvalidModelName, normalize
@@ -68,14 +68,20 @@ class AgentUnreachable(Exception):
 
 class Distribution:
     def __init__(
-        self, store: Store, events: EventBus, registry: Registry, supported: list[str]
+        self,
+        store: Store,
+        events: EventBus,
+        registry: Registry,
+        supported: list[str],
+        session: aiohttp.ClientSession,
+        agent_token: str,
     ) -> None:
         self.store = store
         self.events = events
         self.registry = registry
         self.supported = supported
-        self.session: aiohttp.ClientSession | None = None
-        self.agent_token = ""
+        self.session = session
+        self.agent_token = agent_token
         self.tasks: dict[str, Task] = {}
         self.installed: dict[str, dict[str, InstalledModel]] = {}
         self.as_of: dict[str, datetime] = {}
@@ -87,7 +93,8 @@ class Distribution:
         self._ordering: set[str] = set()
         self._syncing: dict[str, asyncio.Lock] = {}
         self._order_locks: dict[str, asyncio.Lock] = {}
-        self._jobs: set[asyncio.Task[None]] = set()
+        self.jobs = Jobs("distribution")
+        """Orders and cancels on their way, rows being written: cancelled at close."""
         self.on_task: list[Callable[[Task], None]] = []
         """Called on every change of a task (the gateway follows downloads under way)."""
         registry.on_online.append(self._agent_online)
@@ -124,19 +131,7 @@ class Distribution:
         for fn in self.on_task:
             fn(t)
 
-    # -- background jobs -----------------------------------------------------------------
-
-    def _spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run ``coro`` in the background; it is cancelled when the coordinator stops."""
-        job = asyncio.get_running_loop().create_task(coro)
-        self._jobs.add(job)
-        job.add_done_callback(self._finished)
-        return job
-
-    def _finished(self, job: asyncio.Task[None]) -> None:
-        self._jobs.discard(job)
-        if not job.cancelled() and (exc := job.exception()) is not None:
-            log.error("background job failed", exc_info=exc)
+    # -- background work -----------------------------------------------------------------
 
     async def launch(self, new: list[Task]) -> None:
         """Persist new (or retried) tasks, then order them, even if the caller is cancelled
@@ -147,7 +142,7 @@ class Distribution:
             for t in new:
                 self.dispatch(t)
 
-        await asyncio.shield(self._spawn(go()))
+        await asyncio.shield(self.jobs.spawn(go()))
 
     async def run(self) -> None:
         """Flush dirty tasks, and re-send orders that did not reach their agent."""
@@ -166,10 +161,7 @@ class Distribution:
                     self.dispatch(t)
 
     async def close(self) -> None:
-        jobs = list(self._jobs)
-        for j in jobs:
-            j.cancel()
-        await asyncio.gather(*jobs, return_exceptions=True)
+        await self.jobs.close()
         await self.flush()
 
     # -- talking to agents ---------------------------------------------------------------
@@ -186,7 +178,6 @@ class Distribution:
         payload: msgspec.Struct | None,
         timeout: aiohttp.ClientTimeout,
     ) -> tuple[int, bytes]:
-        assert self.session is not None
         headers = {"Authorization": f"Bearer {self.agent_token}"}
         data = None
         if payload is not None:
@@ -211,7 +202,7 @@ class Distribution:
             return
         self._ordering.add(t.id)
         self._retry_at.pop(t.id, None)
-        self._spawn(self._send_order(t))
+        self.jobs.spawn(self._send_order(t))
 
     async def _send_order(self, t: Task) -> None:
         try:
@@ -368,7 +359,7 @@ class Distribution:
                 models[t.model] = InstalledModel(
                     name=t.model, size=t.total_bytes, installed_at=t.finished_at
                 )
-                self._spawn(self.store.replace_installed(t.agent_id, list(models.values())))
+                self.jobs.spawn(self.store.replace_installed(t.agent_id, list(models.values())))
         self._retry_at.pop(t.id, None)
         self._tries.pop(t.id, None)
         if status == "failed":
@@ -383,7 +374,7 @@ class Distribution:
 
     def cancel(self, t: Task) -> None:
         self._finish(t, "cancelled", None)
-        self._spawn(self._send_cancel(t))
+        self.jobs.spawn(self._send_cancel(t))
 
     def retry(self, t: Task) -> None:
         t.attempt += 1
@@ -400,7 +391,7 @@ class Distribution:
     # -- agents coming and going ---------------------------------------------------------
 
     def _agent_online(self, agent: Agent) -> None:
-        self._spawn(self.sync(agent.id, reported=self.registry.reported_models.get(agent.id)))
+        self.jobs.spawn(self.sync(agent.id, reported=self.registry.reported_models.get(agent.id)))
 
     def _agent_offline(self, agent: Agent) -> None:
         for t in self.tasks.values():
@@ -442,14 +433,21 @@ DISTRIBUTION = web.AppKey("distribution", Distribution)
 
 async def run_distribution(app: web.Application) -> AsyncIterator[None]:
     """Registered after the registry's entry (it needs the agents loaded) and the client's."""
-    dist = Distribution(app[STORE], app[EVENTS], app[REGISTRY], app[SETTINGS].supported_models)
-    dist.session = app[CLIENT]
-    dist.agent_token = app[TOKENS].agent
+    dist = Distribution(
+        app[STORE],
+        app[EVENTS],
+        app[REGISTRY],
+        app[SETTINGS].supported_models,
+        app[CLIENT],
+        app[TOKENS].agent,
+    )
     app[DISTRIBUTION] = dist
-    await dist.load()
-    for agent in dist.registry.online():
-        # The supported list may have changed while we were down; what agents hold is known.
-        await dist.sync(agent.id, ask=False)
-    async with background(dist.run(), "distribution"):
-        yield
-    await dist.close()
+    try:
+        await dist.load()
+        for agent in dist.registry.online():
+            # The supported list may have changed while we were down; what agents hold is known.
+            await dist.sync(agent.id, ask=False)
+        async with background(dist.run(), "distribution"):
+            yield
+    finally:
+        await dist.close()  # also when start-up fails after orders went out

@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from fleetd.core.events import EventBus
-from fleetd.core.store import Store
+from fleetd.coordinator.settings import SETTINGS
+from fleetd.core.background import background
+from fleetd.core.events import EVENTS, EventBus
+from fleetd.core.store import STORE, Store
 from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
@@ -270,13 +272,9 @@ REGISTRY = web.AppKey("registry", Registry)
 
 
 async def run_registry(app: web.Application) -> AsyncIterator[None]:
-    registry = app[REGISTRY]
+    """After the store's and the event bus's entries."""
+    registry = app[REGISTRY] = Registry(app[STORE], app[EVENTS], app[SETTINGS].heartbeat_timeout_s)
     await registry.load()
-    task = asyncio.create_task(registry.run(), name="registry-sweep")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(registry.run(), "registry-sweep"):
+        yield
     await registry.flush()

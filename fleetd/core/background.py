@@ -1,12 +1,21 @@
-"""Background loops owned by a ``cleanup_ctx`` entry: started before its yield, cancelled and
-awaited after it, so no task outlives the app and none is fire-and-forget."""
+"""The one way background work runs: owned by a ``cleanup_ctx`` entry, so no task outlives
+the app and none is fire-and-forget.
+
+``background()`` runs a loop for the life of a ``cleanup_ctx`` entry (started before its
+yield, cancelled and awaited after it). ``Jobs`` holds short one-off jobs (an order to send,
+a row to write) that their owner starts from synchronous code; its ``close()``, called by the
+owner's ``cleanup_ctx`` entry, cancels and awaits those still running.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
+
+log = logging.getLogger("fleetd.background")
 
 
 @contextlib.asynccontextmanager
@@ -18,3 +27,32 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+
+
+class Jobs:
+    """One-off background jobs of one owner; a job that fails is logged with its traceback
+    (nobody awaits it to see the error)."""
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self._jobs: set[asyncio.Task[None]] = set()
+
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        job = asyncio.get_running_loop().create_task(coro)
+        self._jobs.add(job)
+        job.add_done_callback(self._finished)
+        return job
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._jobs.discard(job)
+        if not job.cancelled() and (exc := job.exception()) is not None:
+            log.error("%s: background job failed", self.owner, exc_info=exc)
+
+    async def close(self) -> None:
+        jobs = list(self._jobs)
+        for j in jobs:
+            j.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)

@@ -57,8 +57,10 @@ async def serve(
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
-    await runner.setup()
     try:
+        # A cleanup_ctx entry that fails to open ends here; runner.cleanup() below closes
+        # the entries opened before it.
+        await runner.setup()
         host, port = split_listen(listen)
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         try:
