@@ -40,10 +40,18 @@ def silent_after_s(a: Agent) -> float:
 
 
 class Registry:
-    def __init__(self, store: Store, events: EventBus, heartbeat_timeout_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        events: EventBus,
+        heartbeat_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.events = events
         self.timeout = heartbeat_timeout_s
+        self.clock = clock
+        """Monotonic seconds: when agents were heard from, and when they fall silent."""
         self.agents: dict[str, Agent] = {}
         self._by_url: dict[str, str] = {}
         self._by_instance: dict[str, str] = {}
@@ -68,7 +76,7 @@ class Registry:
         """Installed models an agent listed when it registered, for on_online listeners."""
 
     async def load(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for a in await self.store.load_agents():
             self._index(a)
             if a.status == "online":
@@ -188,7 +196,7 @@ class Registry:
         return a
 
     def _contact(self, agent_id: str) -> None:
-        now = self._seen[agent_id] = time.monotonic()
+        now = self._seen[agent_id] = self.clock()
         self._seen.move_to_end(agent_id)
         self._watch_silence(agent_id, now)
 
@@ -206,7 +214,7 @@ class Registry:
 
     def sweep(self) -> None:
         """Agents silent for longer than the timeout go offline; O(agents expired)."""
-        deadline = time.monotonic() - self.timeout
+        deadline = self.clock() - self.timeout
         while self._seen:
             agent_id = next(iter(self._seen))
             if self._seen[agent_id] >= deadline:
@@ -224,7 +232,7 @@ class Registry:
 
     def _sweep_silent(self) -> None:
         """Agents that missed two heartbeats become suspect at once; O(agents expired)."""
-        now = time.monotonic()
+        now = self.clock()
         while self._watch and self._watch[0][0] < now:
             _, agent_id = heapq.heappop(self._watch)
             seen = self._seen.get(agent_id)

@@ -32,6 +32,15 @@ def gateway(**settings: Any) -> tuple[Gate, Metrics]:
     return Gate(pools, c.queue_limit, c.queue_timeout_s, metrics), metrics
 
 
+async def queued(gate: Gate, n: int) -> None:
+    """Until ``n`` requests wait in the gate: the loop runs them up to their wait, no clock."""
+    for _ in range(100):
+        if gate.waiting == n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{gate.waiting} requests waiting, expected {n}")
+
+
 def ready(agent_id: str, **fields: Any) -> Agent:
     return Agent(id=agent_id, name=agent_id, url="http://x", initializing=False, **fields)
 
@@ -46,7 +55,7 @@ async def test_waiters_are_served_in_arrival_order_when_an_agent_is_ready() -> N
         assert agent_id == "a1"
 
     waiters = [asyncio.create_task(request(i)) for i in range(5)]
-    await asyncio.sleep(0.05)
+    await queued(gw, 5)
     assert served == [] and metrics.queue_depth._value.get() == 5
     gw.pools.agent_changed(ready("a1"))
     await asyncio.gather(*waiters)
@@ -58,7 +67,7 @@ async def test_waiters_are_served_in_arrival_order_when_an_agent_is_ready() -> N
 async def test_queue_limit_and_timeout_answer_503_models_starting() -> None:
     gw, metrics = gateway(queue_timeout_s=0.3, queue_limit=2)
     waiting = [asyncio.create_task(gw.acquire(CHAT)) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await queued(gw, 2)
     with pytest.raises(ApiError) as full:
         await gw.acquire(CHAT)
     assert full.value.status == 503 and full.value.code == "models_starting"
@@ -66,17 +75,17 @@ async def test_queue_limit_and_timeout_answer_503_models_starting() -> None:
     for outcome in await asyncio.gather(*waiting, return_exceptions=True):
         assert isinstance(outcome, ApiError) and outcome.code == "models_starting"
         assert "queue_timeout_s" in outcome.message and outcome.headers["Retry-After"]
-    assert metrics.queue_depth._value.get() == 0 and not gw._waiters  # nothing left behind
+    assert metrics.queue_depth._value.get() == 0 and gw.waiting == 0  # nothing left behind
 
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     gw, metrics = gateway(queue_timeout_s=5)
     task = asyncio.create_task(gw.acquire(CHAT))
-    await asyncio.sleep(0.01)
+    await queued(gw, 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert metrics.queue_depth._value.get() == 0 and not gw._waiters
+    assert metrics.queue_depth._value.get() == 0 and gw.waiting == 0
     gw.pools.agent_changed(ready("a1"))
     assert gw.pools.in_flight == {}
 
