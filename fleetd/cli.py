@@ -104,6 +104,49 @@ def main(
     sys.exit(start(role, config))
 
 
+@main.group("mirror")
+def mirror() -> None:
+    """The coordinator's registry mirror."""
+
+
+@mirror.command("import")
+@click.argument("models_dir", type=click.Path(exists=True, file_okay=False))
+@click.argument("models", nargs=-1, required=True)
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
+@click.option("--data-dir", metavar="DIR", help="Overrides coordinator.data_dir.")
+def mirror_import(
+    models_dir: str, models: tuple[str, ...], config_path: str | None, data_dir: str | None
+) -> None:
+    """Copy MODELS from an Ollama models directory into the mirror's cache, every digest
+    checked (works while the coordinator runs)."""
+    from pathlib import Path
+
+    from fleetd.config import expand
+    from fleetd.coordinator.mirror.cache import Cache
+    from fleetd.coordinator.mirror.importer import ImportFailed, import_model
+
+    overrides = {"coordinator.data_dir": data_dir} if data_dir is not None else {}
+    try:
+        config = load(config_path, overrides)
+    except ConfigError as e:
+        raise click.ClickException(str(e)) from None
+    c = config.coordinator
+    cache = Cache(expand(c.data_dir) / "mirror", c.mirror.max_bytes)
+    try:
+        cache.prepare()
+    except OSError as e:
+        raise click.ClickException(f"coordinator.data_dir: {cache.root}: {e.strerror}") from None
+    for model in models:
+        try:
+            done = import_model(cache, Path(models_dir), model)
+        except ImportFailed as e:
+            raise click.ClickException(str(e)) from None
+        click.echo(
+            f"imported {done.name}: {done.blobs} blobs, {done.bytes} bytes "
+            f"({done.copied} bytes copied, the rest already cached)"
+        )
+
+
 def _register_subcommands() -> None:
     from fleetd.ctl.commands import ctl
     from fleetd.dbcli import db

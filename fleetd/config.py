@@ -39,6 +39,12 @@ class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     pass
 
 
+class MirrorConfig(_Section):
+    enabled: bool = True
+    max_bytes: int = 0
+    upstream_bandwidth_bps: int = 0
+
+
 class CoordinatorConfig(_Section):
     listen: str = "0.0.0.0:8080"
     data_dir: str = "/var/lib/fleetd"
@@ -55,6 +61,7 @@ class CoordinatorConfig(_Section):
     catalog_refresh_s: float = 3600.0
     database_url: str = ""
     """Empty: SQLite in data_dir; ``postgresql://…``: PostgreSQL (``FLEETD_DATABASE_URL`` wins)."""
+    mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
 
 
 class OllamaServer(_Section):
@@ -163,6 +170,11 @@ def validate(cfg: Config) -> Config:
     _positive("coordinator.catalog_refresh_s", c.catalog_refresh_s)
     if c.queue_limit < 0:
         raise ConfigError(f"coordinator.queue_limit: expected an integer >= 0, got {c.queue_limit}")
+    for key in ("max_bytes", "upstream_bandwidth_bps"):
+        if getattr(c.mirror, key) < 0:
+            raise ConfigError(
+                f"coordinator.mirror.{key}: expected an integer >= 0, got {getattr(c.mirror, key)}"
+            )
     if not c.supported_models:
         raise ConfigError("coordinator.supported_models: expected at least one model, got []")
     normalized = []

@@ -52,6 +52,8 @@ class Fleet:
         # Hermetic: the coordinator asks its registry before ordering a model (issue 24); port 9
         # refuses at once, so tests that do not set one behave the same with or without internet.
         settings.setdefault("registry_url", "http://127.0.0.1:9")
+        # The registry mirror is on by default; tests that are not about it pull directly.
+        settings.setdefault("mirror", {"enabled": False})
         cfg = write_toml(data_dir.parent / f"{data_dir.name}.toml", {"coordinator": settings})
         p = self.start(
             [

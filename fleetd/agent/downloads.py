@@ -23,11 +23,12 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
+from fleetd.agent import via_mirror
 from fleetd.agent.placement import NoRoom, Server, choose, human
 from fleetd.agent.progress import REPORT_INTERVAL_S, Reporter
 from fleetd.agent.runtime import RUNTIME, Runtime, save_json
 from fleetd.config import expand
-from fleetd.core.catalog import CatalogError, CatalogNotFound, manifest_size
+from fleetd.core.catalog import CatalogError, CatalogNotFound
 from fleetd.core.http import CLIENT
 from fleetd.core.ollama import Ollama, OllamaError, PullProgress
 from fleetd.core.wire import (
@@ -66,6 +67,8 @@ class Entry(msgspec.Struct, kw_only=True):
     """The Ollama URL it downloads into, once chosen (a resumed pull must go to the same)."""
     deleted: bool = False
     """For a re-download: the old copy is already removed (never remove it twice)."""
+    source: str = ""
+    """Where it pulls from: the coordinator's mirror, or the registry directly and why."""
 
     def update(self) -> TaskUpdate:
         return TaskUpdate(
@@ -77,6 +80,7 @@ class Entry(msgspec.Struct, kw_only=True):
             speed_bps=round(self.speed_bps, 1),
             eta_s=None if self.eta_s is None else round(self.eta_s, 1),
             error=self.error,
+            source=self.source,
         )
 
 
@@ -299,6 +303,8 @@ class Downloads:
                     raise Failed(str(err)) from None
                 if attempt == RETRIES:
                     raise Failed(f"{err} (gave up after {RETRIES} retries)") from None
+                if attempt == RETRIES - 1 and via_mirror.uses_mirror(e, self.rt.mirror_url):
+                    via_mirror.go_direct(e, str(err))
                 delay = 2.0**attempt
                 log.warning(
                     "task %s: %s: %s; retry %d/%d in %.0fs",
@@ -335,13 +341,16 @@ class Downloads:
         return out
 
     async def _attempt(self, e: Entry) -> None:
+        await via_mirror.settled(self.rt.mirror_known)
         tags = await self._tags()
         holders = [url for url, models in tags.items() if e.model in models]
         if holders and not e.redownload:
             e.total_bytes = e.completed_bytes = tags[holders[0]][e.model].size
             return
         if e.total_bytes <= 0:
-            e.total_bytes = await manifest_size(self.session, self.rt.config.registry_url, e.model)
+            e.total_bytes = await via_mirror.size(
+                self.session, e, self.rt.mirror_url, self.rt.config.registry_url
+            )
             self._changed(e)
         freed = 0 if e.deleted or not holders else tags[holders[0]][e.model].size
         server = await self._place(e, tags, freed)
@@ -361,7 +370,7 @@ class Downloads:
             meter.sample(e)
             self._changed(e)
 
-        await server.ollama.pull(e.model, progress)
+        await via_mirror.pull(server.ollama, e, self.rt.mirror_url, progress)
         self._installed_changed()
 
     async def _place(

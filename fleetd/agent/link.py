@@ -163,6 +163,8 @@ class Link:
                 )
             else:
                 self.rt.agent_id = reply.id
+                self.rt.mirror_url = self.base if reply.mirror else ""
+                self.rt.mirror_known.set()
                 await self.rt.set_supported(reply.supported_models)
                 log.info("registered with %s as agent %s (%s)", self.base, reply.id, self.rt.name)
                 return
@@ -185,6 +187,7 @@ class Link:
             loaded_models=sorted(rt.readiness.loaded),
         )
         reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)
+        rt.mirror_url = self.base if reply.mirror else ""
         await rt.set_supported(reply.supported_models)
 
     async def run(self) -> None:

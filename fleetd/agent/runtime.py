@@ -38,6 +38,10 @@ class Runtime:
         self.url = ""
         self.name = config.name
         self.supported_models: list[str] = []
+        self.mirror_url = ""
+        """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
+        self.mirror_known = asyncio.Event()
+        """Set once a coordinator's reply said whether its mirror is on."""
         self.readiness = Readiness()
         self._ready_once = False
         self.in_flight = 0

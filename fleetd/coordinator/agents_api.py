@@ -21,9 +21,13 @@ class _GpusOnly(msgspec.Struct):
     gpus: Any = None
 
 
-def _reply(agent: Agent, supported: list[str]) -> web.Response:
-    """The agent object itself plus ``supported_models`` (what the agent must hold)."""
-    body = encode(agent)[:-1] + b',"supported_models":' + encode(supported) + b"}"
+def _reply(agent: Agent, request: web.Request) -> web.Response:
+    """The agent object itself plus ``supported_models`` (what the agent must hold) and
+    ``mirror`` (whether its Ollama pulls through this coordinator's registry mirror)."""
+    settings = request.app[SETTINGS]
+    extra = b',"supported_models":' + encode(settings.supported_models)
+    extra += b',"mirror":' + encode(settings.mirror.enabled)
+    body = encode(agent)[:-1] + extra + b"}"
     return web.Response(body=body, content_type="application/json")
 
 
@@ -54,7 +58,7 @@ async def register_agent(request: web.Request) -> web.Response:
         raise ApiError(400, "bad_request", "name: must not be empty")
     supported = request.app[SETTINGS].supported_models
     agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
-    return _reply(agent, supported)
+    return _reply(agent, request)
 
 
 @routes.post("/api/agents/{id}/heartbeat")
@@ -66,7 +70,7 @@ async def agent_heartbeat(request: web.Request) -> web.Response:
         raise not_found(
             f"no agent with id {request.match_info['id']!r}; register again", code="unknown_agent"
         )
-    return _reply(agent, request.app[SETTINGS].supported_models)
+    return _reply(agent, request)
 
 
 @routes.get("/api/agents")

@@ -22,6 +22,8 @@ from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
+from fleetd.coordinator.mirror import routes as mirror_routes
+from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.registry import run_registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core import tokens
@@ -112,6 +114,7 @@ async def build_app(config: Config) -> web.Application:
             run_distribution,
             gateway_ctx(balancer),
             catalog_api.catalog_ctx(c, catalog),
+            mirror_ctx,
         ]
     )
     app.on_shutdown.append(end_streams)
@@ -121,5 +124,6 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

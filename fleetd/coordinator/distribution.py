@@ -336,6 +336,8 @@ class Distribution:
         if u.total_bytes > 0:
             t.progress = round(min(1.0, u.completed_bytes / u.total_bytes), 4)
         t.speed_bps, t.eta_s = u.speed_bps, u.eta_s
+        if u.source:
+            t.source = u.source
         if u.status == "completed" or u.status == "failed" or u.status == "cancelled":
             self._finish(t, u.status, u.error)
             return True

@@ -40,8 +40,8 @@ class Jobs:
     def __len__(self) -> int:
         return len(self._jobs)
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        job = asyncio.get_running_loop().create_task(coro)
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> asyncio.Task[None]:
+        job = asyncio.get_running_loop().create_task(coro, name=name)
         self._jobs.add(job)
         job.add_done_callback(self._finished)
         return job

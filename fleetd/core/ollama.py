@@ -185,8 +185,11 @@ class Ollama:
                 raise
             await self._post("/api/embed", {**payload, "input": []}, timeout)
 
-    async def pull(self, model: str, on_progress: Callable[[PullProgress], None]) -> None:
+    async def pull(
+        self, model: str, on_progress: Callable[[PullProgress], None], *, insecure: bool = False
+    ) -> None:
         """Pull ``model`` through the NDJSON stream, calling ``on_progress`` after every line.
+        ``insecure`` lets Ollama reach a ``host:port/...`` registry over plain http.
 
         Returns on ``success``; raises ``OllamaError`` with Ollama's own message for an error
         (before streaming, or the HTTP-200 final ``{"error"}`` line), and a transient one when
@@ -199,7 +202,9 @@ class Ollama:
         try:
             async with self.session.post(
                 self.url + "/api/pull",
-                data=msgspec.json.encode({"model": model, "stream": True}),
+                data=msgspec.json.encode(
+                    {"model": model, "stream": True, **({"insecure": True} if insecure else {})}
+                ),
                 timeout=timeout,
                 headers={"Content-Type": "application/json"},
             ) as r:
@@ -234,6 +239,10 @@ class Ollama:
         except ValueError as e:  # aiohttp: a line longer than its buffer
             raise OllamaError(f"{where}: malformed pull stream: {e}") from None
         raise OllamaError(f"{where}: pull {model} stream ended without success", transient=True)
+
+    async def copy(self, source: str, destination: str) -> None:
+        """A second name for the same blobs (no bytes copied)."""
+        await self._post("/api/copy", {"source": source, "destination": destination}, SHORT)
 
     async def delete(self, model: str) -> None:
         try:

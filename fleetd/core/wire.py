@@ -110,10 +110,12 @@ class Agent(msgspec.Struct, kw_only=True):
 
 class RegistrationReply(msgspec.Struct):
     """What an agent reads from the coordinator's reply to a registration or heartbeat: the
-    agent object itself (``id`` included) with the ``supported_models`` it must hold."""
+    agent object itself (``id`` included) with the ``supported_models`` it must hold, and
+    whether its Ollama pulls through the coordinator's registry ``mirror``."""
 
     id: str
     supported_models: list[str]
+    mirror: bool = False
 
 
 class Task(msgspec.Struct, kw_only=True):
@@ -132,6 +134,9 @@ class Task(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     error: str | None = None
+    source: str = ""
+    """Where the agent's Ollama pulls from: the coordinator's mirror, or the registry directly
+    (and why)."""
     redownload: bool = False
     agent_name: str = ""
     attempt: int = 0
@@ -162,6 +167,7 @@ class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
     speed_bps: float = 0.0
     eta_s: float | None = None
     error: str | None = None
+    source: str = ""
 
 
 class ProgressReport(msgspec.Struct, kw_only=True):

@@ -135,3 +135,12 @@ def build_catalog(models: dict[str, int], size_scale: float) -> dict[str, ModelS
         name = names.display(raw)
         specs[name] = build_spec(name, round(size * size_scale))
     return specs
+
+
+def spec_from_manifest(name: str, manifest: Manifest) -> ModelSpec:
+    """What Ollama knows of ``name`` pulled from another registry: its manifest's blobs, and
+    (standing in for the config blob's contents) the metadata of the model it names."""
+    _, namespace, model, tag = names.parse(name)
+    short = f"{model}:{tag}" if namespace == "library" else f"{namespace}/{model}:{tag}"
+    family, params, quant, ctx, caps, _ = _KNOWN.get(short) or _guess(short)
+    return ModelSpec(name, family, params, quant, ctx, caps, manifest.config, manifest.layers)

@@ -5,12 +5,15 @@ small helpers they share: strict body decoding, Ollama-style JSON, NDJSON/SSE st
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import TypeVar
 
 import msgspec
 from aiohttp import web
 
 from fleetd.sim import names
+from fleetd.sim.fetch import Fetcher
 from fleetd.sim.options import SimOptions
 from fleetd.sim.scheduler import Scheduler, SimError
 from fleetd.sim.state import Installed, Knobs, Puller, Stats, Store
@@ -39,6 +42,14 @@ class Sim:
         self.store = Store(options, self.knobs)
         self.puller = Puller(self.store, self.knobs, self.stats, options.chunk_interval_s)
         self.scheduler = Scheduler(self.knobs, self.stats, options.max_queue)
+        self.blob_dir = (
+            Path(options.state_dir) / "blobs"
+            if options.state_dir
+            else Path(tempfile.mkdtemp(prefix="sim-ollama-blobs-"))
+        )
+        self.fetcher = Fetcher(
+            self.store, self.knobs, self.stats, self.blob_dir, options.size_scale
+        )
         self.in_flight: set[asyncio.Transport] = set()
 
     def resolve(self, raw: str) -> str:

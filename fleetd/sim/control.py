@@ -15,6 +15,9 @@ tests can break and inspect a running sim process. Bodies and answers are JSON.
     (partials stay), VRAM empties, and every new non-/_sim request has its connection
     closed.
     ``POST /_sim/up`` brings it back. Both answer ``{"down": bool}``.
+``GET``/``POST /_sim/registry`` — the simulated registry's knobs (``registry.py``): how a
+    blob GET redirects, Range ignored, corrupt digests, CDN speed; ``served_bytes`` counts
+    the blob bytes it sent.
 ``POST /_sim/evict`` ``{"model"}`` — unload now, silently, as VRAM pressure would.
     Answers ``{"evicted": bool}``.
 """

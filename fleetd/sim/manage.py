@@ -1,21 +1,21 @@
-"""Ollama's model-management API (pull, tags, ps, show, delete, copy, version) and the
-registry's manifest endpoint, so the same server can stand in for registry.ollama.ai.
+"""Ollama's model-management API (pull, tags, ps, show, delete, copy, version); a pull of a
+name with a registry host goes over HTTP to that registry (``fetch``).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Callable
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from fleetd.sim import gotime, names
-from fleetd.sim.catalog import EMBED_DIMS, MANIFEST_TYPE, Layer
+from fleetd.sim.catalog import EMBED_DIMS, Layer
 from fleetd.sim.context import SIM, Sim, client_gone, decode, line, reply, stream
 from fleetd.sim.scheduler import SimError
-from fleetd.sim.state import Installed, Store
+from fleetd.sim.state import Download, Installed, Store
 
 routes = web.RouteTableDef()
 
@@ -167,7 +167,7 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     except names.InvalidName:
         raise SimError(400, "invalid model name") from None
     sim.stats.pulls[name] += 1
-    progress = contextlib.aclosing(_progress(request, sim, name))
+    progress = contextlib.aclosing(_progress(request, sim, name, req.insecure))
     if req.stream is False:
         # Blocks until done; an error is then a plain 500 (Ollama's waitForStream).
         last: dict[str, Any] = {}
@@ -197,19 +197,26 @@ def _abort(request: web.Request) -> None:
 
 
 async def _progress(
-    request: web.Request, sim: Sim, name: str
+    request: web.Request, sim: Sim, name: str, insecure: bool
 ) -> AsyncGenerator[dict[str, Any], None]:
     """The lines of one pull stream, from ``pulling manifest`` to ``success`` or error."""
     yield {"status": "pulling manifest"}
-    spec = sim.store.catalog.get(name)
-    if spec is None:
-        yield {"error": "pull model manifest: file does not exist"}
-        return
-    download = sim.puller.attach(name, spec)
+    download: Download
+    if names.parse(name)[0].lower() != names.DEFAULT_HOST:
+        download = real = sim.fetcher.attach(name, insecure)
+        blobs: Callable[[], tuple[Layer, ...]] = lambda: real.blobs  # noqa: E731
+        detach = sim.fetcher.detach
+    else:
+        spec = sim.store.catalog.get(name)
+        if spec is None:
+            yield {"error": "pull model manifest: file does not exist"}
+            return
+        download = sim.puller.attach(name, spec)
+        blobs, detach = (lambda: spec.blobs), sim.puller.detach
     try:
         reported: set[str] = set()
         while True:
-            for update in _layer_lines(sim.store, download.spec.blobs, reported):
+            for update in _layer_lines(sim.store, blobs(), reported):
                 yield update
             if download.finished:
                 break
@@ -222,7 +229,7 @@ async def _progress(
             yield {"error": download.error}
             return
     finally:
-        sim.puller.detach(download)
+        detach(download)
     for status in ("verifying sha256 digest", "writing manifest", "success"):
         yield {"status": status}
 
@@ -247,21 +254,3 @@ def _layer_lines(
             reported.add(blob.digest)
         updates.append(update)
     return updates
-
-
-@routes.get(r"/v2/{repository:.+}/manifests/{tag}")
-async def get_manifest(request: web.Request) -> web.Response:
-    """The registry's manifest: config.size + sum(layers.size) = the pull's total."""
-    store = request.app[SIM].store
-    try:
-        name = names.display(f"{request.match_info['repository']}:{request.match_info['tag']}")
-    except names.InvalidName:
-        name = ""
-    spec = store.catalog.get(name)
-    if spec is None:
-        return reply({"errors": [{"code": "MANIFEST_UNKNOWN", "message": "manifest unknown"}]}, 404)
-    return web.Response(
-        body=spec.manifest_json(),
-        content_type=MANIFEST_TYPE,
-        headers={"Docker-Content-Digest": f"sha256:{spec.digest}"},
-    )

@@ -7,12 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import shutil
 from collections.abc import AsyncIterator
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from fleetd.sim import control, inference, library, manage, openai_compat
+from fleetd.sim import control, inference, library, manage, openai_compat, registry
 from fleetd.sim.context import SIM, Sim, reply
 from fleetd.sim.options import SimOptions, check
 from fleetd.sim.scheduler import SimError
@@ -62,6 +63,7 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await sim.store.load(sim.options.preinstalled)
     if sim.options.state_dir is None:
         yield
+        await asyncio.to_thread(shutil.rmtree, sim.blob_dir, True)
         return
     saver = asyncio.create_task(_save_periodically(sim), name="sim-ollama saver")
     yield
@@ -82,6 +84,7 @@ async def _cut_connections(app: web.Application) -> None:
     sim = app[SIM]
     sim.cut_connections()
     await sim.puller.stop()
+    await sim.fetcher.stop()
 
 
 def build_app(options: SimOptions) -> web.Application:
@@ -89,8 +92,9 @@ def build_app(options: SimOptions) -> web.Application:
     check(options)
     app = web.Application(middlewares=[_connections, _errors])
     app[SIM] = Sim(options)
-    tables = (manage.routes, inference.routes, openai_compat.routes, control.routes, library.routes)
-    for table in tables:
+    app[registry.REGISTRY] = registry.Registry()
+    tables = (manage.routes, registry.routes, inference.routes, openai_compat.routes)
+    for table in (*tables, control.routes, library.routes):
         app.router.add_routes(table)
     app.cleanup_ctx.append(_lifecycle)
     app.on_shutdown.append(_cut_connections)

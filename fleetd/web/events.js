@@ -5,7 +5,8 @@
 import { byId } from "./dom.js";
 import { loadSnapshot } from "./load.js";
 import { renderLive } from "./render.js";
-import { mergeAgent, mergeTask } from "./state.js";
+import { loadMirror } from "./mirror.js";
+import { S, mergeAgent, mergeTask } from "./state.js";
 
 let es = null;
 let retryTimer = 0;
@@ -26,6 +27,7 @@ export function connectEvents(recheck) {
   source.addEventListener("open", () => {
     setLive("on");
     loadSnapshot();
+    loadMirror();
   });
   source.addEventListener("agent", (e) => {
     mergeAgent(JSON.parse(e.data));
@@ -33,6 +35,10 @@ export function connectEvents(recheck) {
   });
   source.addEventListener("task", (e) => {
     mergeTask(JSON.parse(e.data));
+    renderLive();
+  });
+  source.addEventListener("mirror", (e) => {
+    S.mirror = JSON.parse(e.data);
     renderLive();
   });
   source.addEventListener("error", () => {

@@ -19,6 +19,7 @@ export const S = {
   matrixStale: true,
   installed: new Map(), // agent id -> GET /api/agents/{id}/models, or {error}
   installedStale: new Set(),
+  mirror: null, // GET /api/mirror, then its `mirror` events
 };
 
 /* Copies of one agent or task arrive by several ways and out of order: the reply to the POST

@@ -4,6 +4,7 @@
 import { api } from "./api.js";
 import { badge, bar, byId, fmtBytes, fmtEta, fmtPct, fmtSpeed, h, notice, pageHead, table, timeEl } from "./dom.js";
 import { filterInput, loadingOr, pager, render } from "./render.js";
+import { mirrorCard } from "./mirror.js";
 import { ACTIVE, S, TASK_STATES, agentName, mergeTask } from "./state.js";
 
 export function sortTasks(tasks) {
@@ -130,7 +131,8 @@ export function tasksView(root, filter) {
   const pages = pager();
   const search = filterInput("Filter by model or agent", "Filter by model or agent", pages);
   const body = h("div", { class: "card flush" });
-  root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), body);
+  const mirror = h("div", { id: "mirror" });
+  root.append(pageHead("Tasks", h("div", { class: "toolbar" }, chips, search)), mirror, body);
   document.title = "Tasks · fleetd";
   const status = TASK_STATES.includes(filter) ? filter : "";
   return () => {
@@ -141,6 +143,7 @@ export function tasksView(root, filter) {
       chip("", "All", all.length, status),
       ...TASK_STATES.map((s) => chip(s, s[0].toUpperCase() + s.slice(1), counts[s], status)),
     );
+    mirror.replaceChildren(mirrorCard());
     const q = search.value.trim().toLowerCase();
     const shown = all.filter(
       (t) =>

@@ -106,6 +106,7 @@ def ready_fleet(
 def restart_coordinator(fleet: Fleet, old: Proc, **settings: Any) -> Proc:
     """Start a coordinator on ``old``'s port and data_dir (agents know only that URL)."""
     data_dir: Path = old.data_dir  # type: ignore[attr-defined]
+    settings.setdefault("mirror", {"enabled": False})
     cfg = write_toml(data_dir.parent / f"{data_dir.name}.toml", {"coordinator": settings})
     port = urlsplit(old.url).port
     args = ["--role", "coordinator", "--config", str(cfg), "--listen", f"127.0.0.1:{port}"]
