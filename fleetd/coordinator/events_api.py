@@ -21,10 +21,15 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await resp.prepare(request)
-    await resp.write(b"retry: 2000\n\n")
+    # Subscribed before the first byte goes out: a client that has read the retry line
+    # misses no change made after that.
+    messages = request.app[EVENTS].subscribe()
     try:
-        async for msg in request.app[EVENTS].subscribe():
+        await resp.write(b"retry: 2000\n\n")
+        async for msg in messages:
             await resp.write(msg)
     except ConnectionResetError:
         pass
+    finally:
+        messages.close()
     return resp
