@@ -47,7 +47,8 @@ async def register_agent(request: web.Request) -> web.Response:
     except (msgspec.DecodeError, msgspec.ValidationError):
         gpus = ...  # not even an object: read_json names the problem below
     if gpus is None or gpus == []:
-        # Decided before anything else about the agent is looked at (interface.md).
+        # Decided before anything else is looked at: a host without a GPU is told so, not
+        # about some other flaw of its registration.
         raise ApiError(
             403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
         )
@@ -57,7 +58,7 @@ async def register_agent(request: web.Request) -> web.Response:
     if not reg.name.strip():
         raise ApiError(400, "bad_request", "name: must not be empty")
     supported = request.app[SETTINGS].supported_models
-    agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
+    agent = request.app[REGISTRY].register(reg, total_models=len(supported))
     return _reply(agent, request)
 
 

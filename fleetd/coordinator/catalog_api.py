@@ -3,7 +3,8 @@ cached in memory (warm answers are pre-encoded bytes) and in the database (they 
 restart), refreshed in the background once older than ``coordinator.catalog_refresh_s``.
 
 When the library cannot be read and no good copy is cached, the catalog is built from the
-models installed across the fleet (spec E4): ``source: "fleet"``, ``degraded: true`` and the
+models installed across the fleet, so the dashboard can still offer what the fleet already
+has: ``source: "fleet"``, ``degraded: true`` and the
 ``reason``. A refresh that fails keeps the last good copy, marked ``stale`` with the reason.
 """
 
@@ -44,7 +45,8 @@ routes = web.RouteTableDef()
 LIST_KEY = "catalog:list"
 MODEL_KEY = "catalog:model:"
 COLD_WAIT_S = 9.5
-"""A first request with nothing cached waits this long for the library (spec S4: ≤ 10 s)."""
+"""A first request with nothing cached waits this long for the library: just under the 10 s
+a catalog request may take, so that a slow library still answers with the fleet fallback."""
 RETRY_S = 60.0
 """After a failed read of the library, requests are answered from the fallback this long
 before one of them triggers the next attempt (a down library must not slow every request)."""

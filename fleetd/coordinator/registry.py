@@ -111,11 +111,13 @@ class Registry:
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
 
-    async def register(self, reg: Registration, total_models: int) -> Agent:
+    def register(self, reg: Registration, total_models: int) -> Agent:
         """Same instance id or same URL → same agent, whatever else changed.
 
         A fresh or returning agent is ``initializing`` with ``total_models`` to go until its
-        first heartbeat says otherwise.
+        first heartbeat says otherwise. It is written with the next batch (within a second),
+        not awaited: when a whole fleet registers at once, one transaction writes them all.
+        Lost to a crash in that second, the agent registers again at its next heartbeat (404).
         """
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
@@ -151,10 +153,8 @@ class Registry:
             a.total_models = total_models
         self._index(a)
         self._contact(a.id)
-        await self.store.save_agents([a])
-        self._dirty.discard(a.id)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
-        self._changed(a, persist=False)
+        self._changed(a, persist=True)
         if reg.models is not None:
             self.reported_models[a.id] = reg.models
         self._notify(self.on_online, a)
