@@ -24,7 +24,8 @@ async def run_coordinator(config: Config) -> int:
     from fleetd.coordinator.app import build_app
 
     app = await build_app(config)
-    return await serve(app, config.coordinator.listen, "coordinator")
+    c = config.coordinator
+    return await serve(app, c.listen, "coordinator", keepalive_timeout_s=c.keepalive_timeout_s)
 
 
 async def run_agent(config: Config) -> int:
@@ -37,7 +38,14 @@ async def run_agent(config: Config) -> int:
     async def started(url: str) -> None:
         advertise(rt, url)
 
-    code = await serve(app, config.agent.listen, "agent", on_started=started, stop=rt.stop)
+    code = await serve(
+        app,
+        config.agent.listen,
+        "agent",
+        on_started=started,
+        stop=rt.stop,
+        keepalive_timeout_s=config.agent.keepalive_timeout_s,
+    )
     return rt.exit_code or code
 
 

@@ -59,6 +59,7 @@ class CoordinatorConfig(_Section):
     library_url: str = "https://ollama.com"
     registry_url: str = "https://registry.ollama.ai"
     catalog_refresh_s: float = 3600.0
+    keepalive_timeout_s: float = 20.0
     database_url: str = ""
     """Empty: SQLite in data_dir; ``postgresql://…``: PostgreSQL (``FLEETD_DATABASE_URL`` wins)."""
     mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
@@ -86,10 +87,12 @@ class AgentConfig(_Section):
     advertise_url: str = ""
     data_dir: str = "/var/lib/fleetd-agent"
     max_concurrent_downloads: int = 2
+    download_stall_timeout_s: float = 30.0
     heartbeat_interval_s: float = 5.0
     registry_url: str = "https://registry.ollama.ai"
     disk_margin_bytes: int = 2_000_000_000
     residency_check_s: float = 0.0
+    keepalive_timeout_s: float = 20.0
     ollama: list[OllamaServer] = msgspec.field(default_factory=lambda: [OllamaServer()])
     gpu: GpuConfig = msgspec.field(default_factory=GpuConfig)
 
@@ -168,6 +171,8 @@ def validate(cfg: Config) -> Config:
     _positive("coordinator.heartbeat_timeout_s", c.heartbeat_timeout_s)
     _positive("coordinator.queue_timeout_s", c.queue_timeout_s)
     _positive("coordinator.catalog_refresh_s", c.catalog_refresh_s)
+    _positive("coordinator.keepalive_timeout_s", c.keepalive_timeout_s)
+    _positive("agent.keepalive_timeout_s", a.keepalive_timeout_s)
     if c.queue_limit < 0:
         raise ConfigError(f"coordinator.queue_limit: expected an integer >= 0, got {c.queue_limit}")
     for key in ("max_bytes", "upstream_bandwidth_bps"):
@@ -193,6 +198,13 @@ def validate(cfg: Config) -> Config:
     check_database_url("coordinator.database_url", c.database_url)
     _check_url("agent.coordinator_url", a.coordinator_url)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
+    if len(a.name) > 128 or not a.name.isprintable():
+        # The coordinator refuses such a name at registration (docs/api.md, Size limits).
+        raise ConfigError(
+            f"agent.name: expected at most 128 printable characters, got {a.name[:40]!r}…"
+            if len(a.name) > 128
+            else f"agent.name: control characters are not allowed, got {a.name!r}"
+        )
     _check_url("agent.registry_url", a.registry_url)
     if a.max_concurrent_downloads < 1:
         raise ConfigError(
@@ -200,6 +212,7 @@ def validate(cfg: Config) -> Config:
             f"got {a.max_concurrent_downloads}"
         )
     _positive("agent.heartbeat_interval_s", a.heartbeat_interval_s)
+    _positive("agent.download_stall_timeout_s", a.download_stall_timeout_s)
     _positive("agent.residency_check_s", a.residency_check_s, strict=False)
     if a.disk_margin_bytes < 0:
         raise ConfigError(f"agent.disk_margin_bytes: expected >= 0, got {a.disk_margin_bytes}")

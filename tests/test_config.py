@@ -60,6 +60,12 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
             "coordinator.database_url: Port could not be cast to integer value",
         ),
         ("[agent]\nollama = []", "agent.ollama: expected at least one [[agent.ollama]] entry"),
+        ('[agent]\nname = "gpu\\nforged"', "agent.name: control characters are not allowed"),
+        (f'[agent]\nname = "{"n" * 129}"', "agent.name: expected at most 128 printable"),
+        (
+            "[agent]\ndownload_stall_timeout_s = 0",
+            "agent.download_stall_timeout_s: expected a number > 0",
+        ),
         ("[nonsense]\nx = 1", "nonsense: unknown key"),
         ("[agent\n", "invalid TOML"),
     ],

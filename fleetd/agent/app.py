@@ -17,6 +17,7 @@ from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
+from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 
 def _identity(data_dir: Path) -> tuple[str, list[str]]:
@@ -38,6 +39,7 @@ async def build_app(config: Config) -> web.Application:
             "agent token missing: set FLEETD_AGENT_TOKEN (the coordinator's is in its "
             f"data_dir/agent_token) or write it to {data_dir / 'agent_token'}"
         )
+    tokens.check_tokens(config.secrets.admin_token, agent_token)
     probe_cls = load_plugin("fleetd.gpu", a.gpu.probe, "agent.gpu.probe")
     rt = Runtime(a, agent_token, data_dir)
     rt.instance_id = instance_id
@@ -51,9 +53,12 @@ async def build_app(config: Config) -> web.Application:
         handler_args={"handler_cancellation": True},
     )
     app[RUNTIME] = rt
+    app[THROTTLE] = Throttle()
     app[GPU_PROBE] = probe_cls(a)
     app.cleanup_ctx.extend([client_ctx(), run_link, run_downloads, run_residency])
     app.cleanup_ctx.append(inference_api.run_upstreams)
+    app.cleanup_ctx.append(run_throttle)
+    app.on_shutdown.append(inference_api.stop_serving)
     app.router.add_routes(status_api.routes)
     app.router.add_routes(orders_api.routes)
     app.router.add_routes(inference_api.routes)

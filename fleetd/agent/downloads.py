@@ -16,7 +16,7 @@ import asyncio
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
 import aiohttp
@@ -32,11 +32,14 @@ from fleetd.core.catalog import CatalogError, CatalogNotFound
 from fleetd.core.http import CLIENT
 from fleetd.core.ollama import Ollama, OllamaError, PullProgress
 from fleetd.core.wire import (
+    ERROR_MAX,
+    MESSAGE_MAX,
     TERMINAL,
     InstalledModel,
     Order,
     TaskStatus,
     TaskUpdate,
+    clip,
 )
 
 log = logging.getLogger("fleetd.agent.downloads")
@@ -44,6 +47,8 @@ log = logging.getLogger("fleetd.agent.downloads")
 SPEED_SAMPLE_S = REPORT_INTERVAL_S
 SAVE_INTERVAL_S = 1.0
 RETRIES = 3
+STALL_MIN_BYTES = 1 << 20
+"""Less than this in ``download_stall_timeout_s`` is no progress (a trickle, e.g. 1 byte/s)."""
 """Transient failures (Ollama unreachable, stream cut) are retried this many times, resuming."""
 KEEP_FINISHED = 500
 """Finished entries kept so that a repeated order is still answered with its outcome."""
@@ -75,12 +80,13 @@ class Entry(msgspec.Struct, kw_only=True):
             task_id=self.task_id,
             status=self.status,
             attempt=self.attempt,
-            completed_bytes=self.completed_bytes,
+            # Ollama's sums can pass the total for a moment; the coordinator refuses that.
+            completed_bytes=min(self.completed_bytes, self.total_bytes or self.completed_bytes),
             total_bytes=self.total_bytes,
             speed_bps=round(self.speed_bps, 1),
             eta_s=None if self.eta_s is None else round(self.eta_s, 1),
-            error=self.error,
-            source=self.source,
+            error=None if self.error is None else clip(self.error, ERROR_MAX),
+            source=clip(self.source, MESSAGE_MAX),
         )
 
 
@@ -90,6 +96,13 @@ class _QueueFile(msgspec.Struct):
 
 class Failed(Exception):
     """The task cannot succeed as things stand; the message is what the user sees."""
+
+
+class Stalled(OllamaError):
+    """The pull made (almost) no progress for ``download_stall_timeout_s``; retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, transient=True)
 
 
 class _Meter:
@@ -302,6 +315,8 @@ class Downloads:
                 if not err.transient:
                     raise Failed(str(err)) from None
                 if attempt == RETRIES:
+                    if isinstance(err, Stalled):
+                        raise Failed(f"{err}, {RETRIES + 1} tries") from None
                     raise Failed(f"{err} (gave up after {RETRIES} retries)") from None
                 if attempt == RETRIES - 1 and via_mirror.uses_mirror(e, self.rt.mirror_url):
                     via_mirror.go_direct(e, str(err))
@@ -370,8 +385,37 @@ class Downloads:
             meter.sample(e)
             self._changed(e)
 
-        await via_mirror.pull(server.ollama, e, self.rt.mirror_url, progress)
+        await self._watched(via_mirror.pull(server.ollama, e, self.rt.mirror_url, progress), e)
         self._installed_changed()
+
+    async def _watched(self, pull: Coroutine[Any, Any, None], e: Entry) -> None:
+        """Run ``pull``, ended as ``Stalled`` when ``e`` gains less than ``STALL_MIN_BYTES``
+        in ``download_stall_timeout_s``: Ollama keeps sending progress lines for a download
+        that moves no byte (or one a second), so a silent socket is not the only stall."""
+        window = self.rt.config.download_stall_timeout_s
+        task = asyncio.ensure_future(pull)
+        mark, since = e.completed_bytes, time.monotonic()
+        try:
+            while True:
+                done, _ = await asyncio.wait((task,), timeout=min(1.0, window / 4))
+                if done:
+                    return task.result()
+                now = time.monotonic()
+                if e.completed_bytes - mark >= STALL_MIN_BYTES:
+                    mark, since = e.completed_bytes, now
+                elif now - since >= window and not 0 < e.total_bytes <= e.completed_bytes:
+                    # (All bytes in, Ollama verifying: that takes its time and is no stall.)
+                    raise Stalled(
+                        f"stalled: no progress for {window:g} s "
+                        f"(less than {STALL_MIN_BYTES >> 20} MiB)"
+                    )
+        finally:
+            if not task.done():
+                task.cancel()  # closes the stream: Ollama cancels the pull, the partial stays
+                try:
+                    await task
+                except (asyncio.CancelledError, OllamaError):
+                    pass
 
     async def _place(
         self, e: Entry, tags: dict[str, dict[str, InstalledModel]], freed: int

@@ -27,6 +27,7 @@ from fleetd.core.background import background
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, Head, decode_head, json_response, request_model
 from fleetd.core.ollama import Ollama, OllamaError
+from fleetd.core.server import SHUTDOWN_TIMEOUT_S
 
 log = logging.getLogger("fleetd.agent.inference")
 
@@ -34,6 +35,7 @@ routes = web.RouteTableDef()
 
 BUSY_RETRY_AFTER_S = 1
 """Added to Ollama's 503 "server busy", which carries no Retry-After of its own."""
+STOPPING = "the agent is shutting down; retry the request in a moment"
 STARTING_RETRY_AFTER_S = 5
 """For a supported model still downloading here (the coordinator sends such an agent nothing)."""
 _STARTED = int(time.time())
@@ -64,6 +66,30 @@ class Upstreams:
         self.rt = rt
         self.servers = [Server(Ollama(session, s.url)) for s in rt.config.ollama]
         self._locks: dict[str, asyncio.Lock] = {}
+        self.flights: set[proxy.Flight] = set()
+        self.stopping = False
+        self._idle = asyncio.Event()
+
+    async def stop(self, grace_s: float) -> None:
+        """On shutdown: requests in flight get ``grace_s`` to finish, then end with an error
+        saying the agent is stopping (not that Ollama failed); new ones get 503."""
+        self.stopping = True
+        if not self.flights:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        log.warning("ending %d request(s) in flight: the agent is stopping", len(self.flights))
+        error = proxy.ShuttingDown(STOPPING)
+        for flight in list(self.flights):
+            flight.abort(error)
+
+    def landed(self, flight: proxy.Flight) -> None:
+        self.flights.discard(flight)
+        if self.stopping and not self.flights:
+            self._idle.set()
 
     def for_model(self, model: str) -> list[Server]:
         """Servers to try, best first: those with ``model`` loaded, least busy first."""
@@ -121,10 +147,15 @@ def _resident_forever(body: bytes) -> bytes:
 async def _forward(request: web.Request, body: bytes, servers: list[Server]) -> web.StreamResponse:
     """Send the request to the first server that answers; relay its reply as it streams."""
     rt = request.app[RUNTIME]
+    ups = request.app[UPSTREAMS]
+    if ups.stopping:
+        raise proxy.shutting_down(STOPPING)
     session = request.app[CLIENT]
     headers = proxy.request_headers(request.headers)
     failure = ""
     rt.in_flight += 1
+    flight = proxy.Flight(asyncio.current_task())
+    ups.flights.add(flight)
     try:
         for s in servers[:2]:
             what = f"Ollama {s.url}"
@@ -141,6 +172,12 @@ async def _forward(request: web.Request, body: bytes, servers: list[Server]) -> 
                 except proxy.UPSTREAM_ERRORS as e:
                     failure = f"{what} unreachable: {e or type(e).__name__}"
                     continue
+                except asyncio.CancelledError:
+                    if not flight.aborted:
+                        raise
+                    proxy.uncancel(flight.task)
+                    raise proxy.shutting_down(STOPPING) from None
+                flight.upstream = upstream
                 extra: tuple[tuple[str, str], ...] = ()
                 if upstream.status == 503 and "Retry-After" not in upstream.headers:
                     extra = (("Retry-After", str(BUSY_RETRY_AFTER_S)),)
@@ -157,6 +194,7 @@ async def _forward(request: web.Request, body: bytes, servers: list[Server]) -> 
                 s.in_flight -= 1
     finally:
         rt.in_flight -= 1
+        ups.landed(flight)
     raise ApiError(502, "ollama_unavailable", failure)
 
 
@@ -279,3 +317,8 @@ async def run_upstreams(app: web.Application) -> AsyncIterator[None]:
 
     async with background(refresh_forever(), "upstreams-refresh"):
         yield
+
+
+async def stop_serving(app: web.Application) -> None:
+    """on_shutdown: let requests in flight finish for a while, then end them saying why."""
+    await app[UPSTREAMS].stop(SHUTDOWN_TIMEOUT_S)

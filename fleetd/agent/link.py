@@ -23,7 +23,14 @@ from fleetd.core.background import background
 from fleetd.core.gpu import Gpu, GpuProbe
 from fleetd.core.http import CLIENT
 from fleetd.core.ollama import Ollama, OllamaError, error_message
-from fleetd.core.wire import Heartbeat, InstalledModel, Registration, RegistrationReply
+from fleetd.core.wire import (
+    MESSAGE_MAX,
+    Heartbeat,
+    InstalledModel,
+    Registration,
+    RegistrationReply,
+    clip,
+)
 
 log = logging.getLogger("fleetd.agent.link")
 
@@ -183,7 +190,7 @@ class Link:
             gpus=gpus or None,
             cpu_percent=cpu,
             memory_percent=mem,
-            status_message=rt.readiness.message,
+            status_message=clip(rt.readiness.message, MESSAGE_MAX),
             loaded_models=sorted(rt.readiness.loaded),
         )
         reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)

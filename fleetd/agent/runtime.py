@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fleetd.config import AgentConfig
+from fleetd.core.tokens import private_dir
 
 log = logging.getLogger("fleetd.agent")
 
@@ -91,7 +92,7 @@ def save_json(path: Path, obj: object) -> None:
 
 def load_identity(data_dir: Path) -> tuple[str, list[str]]:
     """The stable instance id of this agent (created once) and the last known supported list."""
-    data_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(data_dir)
     id_file = data_dir / "instance_id"
     try:
         instance_id = id_file.read_text(encoding="utf-8").strip()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
+from fleetd.coordinator.loops import refuse_self
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import encode, json_response, read_json
+from fleetd.core.store import STORE
 from fleetd.core.wire import Agent, Heartbeat, Registration
 
 routes = web.RouteTableDef()
@@ -39,12 +42,43 @@ def agent_or_404(request: web.Request) -> Agent:
     return a
 
 
+def _check_name(name: str) -> None:
+    if not name.strip():
+        raise ApiError(400, "bad_request", "name: must not be empty", param="name")
+    if not name.isprintable():
+        # A newline in a name would forge lines in every log that names the agent.
+        raise ApiError(
+            400, "bad_request", f"name: control characters are not allowed: {name!r}", param="name"
+        )
+
+
+def _check_url(url: str) -> None:
+    """An http(s) URL with a host and a port in 1-65535, nothing unprintable."""
+    why = ""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        why = "invalid port (expected 1-65535)"
+    else:
+        if parts.scheme not in ("http", "https"):
+            why = "expected an http:// or https:// URL"
+        elif not parts.hostname:
+            why = "the URL has no host"
+        elif port == 0:
+            why = "port 0 is not a port to connect to (1-65535)"
+        elif not url.isprintable() or " " in url:
+            why = "spaces and control characters are not allowed"
+    if why:
+        raise ApiError(400, "bad_request", f"url: {why}, got {url!r}", param="url")
+
+
 @routes.post("/api/agents")
 async def register_agent(request: web.Request) -> web.Response:
     require_agent(request)
     try:
         gpus = msgspec.json.decode(await request.read(), type=_GpusOnly).gpus
-    except (msgspec.DecodeError, msgspec.ValidationError):
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         gpus = ...  # not even an object: read_json names the problem below
     if gpus is None or gpus == []:
         # Decided before anything else is looked at: a host without a GPU is told so, not
@@ -53,10 +87,9 @@ async def register_agent(request: web.Request) -> web.Response:
             403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
         )
     reg = await read_json(request, Registration)
-    if not reg.url.startswith(("http://", "https://")):
-        raise ApiError(400, "bad_request", f"url: expected an http(s) URL, got {reg.url!r}")
-    if not reg.name.strip():
-        raise ApiError(400, "bad_request", "name: must not be empty")
+    _check_name(reg.name)
+    _check_url(reg.url)
+    await refuse_self(request, reg.url)
     supported = request.app[SETTINGS].supported_models
     agent = request.app[REGISTRY].register(reg, total_models=len(supported))
     return _reply(agent, request)
@@ -88,4 +121,7 @@ async def get_agent(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    fault = await request.app[STORE].check()
+    if fault is not None:
+        return json_response({"status": "degraded", "store": fault}, status=503)
     return json_response({"status": "ok"})

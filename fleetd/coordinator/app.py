@@ -16,11 +16,12 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     inference_api,
+    loops,
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
-from fleetd.coordinator.gateway import gateway_ctx
+from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
@@ -31,7 +32,9 @@ from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, events_ctx
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
+from fleetd.core.server import SHUTDOWN_TIMEOUT_S
 from fleetd.core.store import STORE, SqliteStore, Store
+from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 log = logging.getLogger("fleetd.coordinator")
 
@@ -40,7 +43,7 @@ CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 def _prepare_data_dir(path: Path) -> None:
     try:
-        path.mkdir(parents=True, exist_ok=True)
+        tokens.private_dir(path)
     except OSError as e:
         raise StartupError(f"coordinator.data_dir = {str(path)!r}: {e.strerror}") from None
 
@@ -76,9 +79,9 @@ async def build_app(config: Config) -> web.Application:
 
     Plugins are loaded (so validated) before anything is written, so a misspelt name leaves
     no trace; then ``data_dir`` and the tokens. Every resource opens in ``cleanup_ctx``, in
-    dependency order — store → event bus → HTTP client → registry → distribution → gateway →
-    catalog — and closes in reverse; when one fails to open, those before it close again
-    (``core/server.serve`` cleans up a failed start) and the error is one line.
+    dependency order — store → event bus → HTTP client → throttle → registry → distribution →
+    gateway → catalog → mirror — and closes in reverse; when one fails to open, those before
+    it close again (``core/server.serve`` cleans up a failed start) and the error is one line.
     """
     c = config.coordinator
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
@@ -91,25 +94,31 @@ async def build_app(config: Config) -> web.Application:
     agent = await asyncio.to_thread(
         tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
     )
+    tokens.check_tokens(admin, agent, config.secrets.api_keys)
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware],
+        middlewares=[metrics_middleware, error_middleware, loops.loop_guard],
         client_max_size=MAX_BODY_BYTES,
         # A client that disconnects cancels its handler, and so its request to the agent.
         handler_args={"handler_cancellation": True},
     )
     app[SETTINGS] = c
+    app[loops.SELF_ID] = self_id = loops.new_instance_id()
+    app.on_response_prepare.append(loops.stamp)
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
+    app[THROTTLE] = Throttle()
     app[METRICS] = Metrics()
     app[dashboard.ASSETS] = await dashboard.load_assets()
 
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
+        await app[GATEWAY].stop(SHUTDOWN_TIMEOUT_S)
 
     app.cleanup_ctx.extend(
         [
             store_ctx(c, data_dir),
             events_ctx,
-            client_ctx(),
+            client_ctx(headers={loops.HEADER: self_id}),
+            run_throttle,
             run_registry,
             run_distribution,
             gateway_ctx(balancer),

@@ -8,8 +8,9 @@ import hmac
 import msgspec
 from aiohttp import web
 
+from fleetd.core import throttle
 from fleetd.core.errors import ApiError
-from fleetd.core.http import check_token, require_token
+from fleetd.core.http import check_token, require_token, same_secret
 
 
 class Tokens(msgspec.Struct, frozen=True):
@@ -33,10 +34,11 @@ def is_admin(request: web.Request) -> bool:
     if check_token(request, tokens.admin):
         return True
     cookie = request.cookies.get(SESSION_COOKIE)
-    return cookie is not None and hmac.compare_digest(cookie, session_value(tokens))
+    return cookie is not None and same_secret(cookie, session_value(tokens))
 
 
 def require_admin(request: web.Request) -> None:
+    throttle.guard(request)
     if not is_admin(request):
         require_token(request, request.app[TOKENS].admin, "admin token")
 
@@ -50,9 +52,12 @@ def require_api_key(request: web.Request) -> None:
     keys = request.app[TOKENS].api_keys
     if not keys:
         return
+    throttle.guard(request)
     for key in keys:
         if check_token(request, key):
             return
+    if request.headers.get("Authorization"):
+        throttle.failed(request, "API key")
     raise ApiError(
         401,
         "invalid_api_key",

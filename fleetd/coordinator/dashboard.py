@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import hmac
-import logging
+from collections.abc import Mapping
 from importlib.resources import files
 
 import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import SESSION_COOKIE, TOKENS, is_admin, session_value
-from fleetd.core.errors import ApiError
-from fleetd.core.http import json_response, read_json
-
-log = logging.getLogger("fleetd.dashboard")
+from fleetd.core import throttle
+from fleetd.core.errors import ApiError, bad_request
+from fleetd.core.http import json_response, read_json, same_secret
 
 routes = web.RouteTableDef()
 
@@ -86,7 +84,11 @@ def _redirect(location: str) -> web.Response:
 
 
 def _token_matches(request: web.Request, token: str) -> bool:
-    return hmac.compare_digest(token.encode(), request.app[TOKENS].admin.encode())
+    throttle.guard(request)
+    if same_secret(token, request.app[TOKENS].admin):
+        return True
+    throttle.failed(request, "dashboard login")
+    return False
 
 
 def _set_session(request: web.Request, resp: web.StreamResponse) -> None:
@@ -107,7 +109,6 @@ async def serve_dashboard(request: web.Request) -> web.Response:
     token = request.query.get("token")
     if token is not None:
         if not _token_matches(request, token):
-            log.warning("dashboard login from %s with a wrong admin token", request.remote)
             return _redirect("/#bad-token")
         resp = _redirect("/")
         _set_session(request, resp)
@@ -127,6 +128,18 @@ class _Login(msgspec.Struct):
     token: str
 
 
+async def _form(request: web.Request) -> Mapping[str, object]:
+    raw_type = request.headers.get("Content-Type", "").lower()
+    if request.content_type == "multipart/form-data" and "boundary=" not in raw_type:
+        raise bad_request("multipart/form-data without a boundary parameter", code="bad_form")
+    try:
+        return await request.post()
+    except (ValueError, KeyError, AssertionError) as e:
+        raise bad_request(
+            f"malformed form body: {e or type(e).__name__}", code="bad_form"
+        ) from None
+
+
 @routes.get("/api/session")
 async def get_session(request: web.Request) -> web.Response:
     """Whether this browser is logged in; lets the page choose its view without a 401."""
@@ -138,13 +151,12 @@ async def create_session(request: web.Request) -> web.Response:
     """Log in with the admin token: JSON ``{"token"}`` (the page) or a plain HTML form post."""
     is_form = request.content_type in ("application/x-www-form-urlencoded", "multipart/form-data")
     if is_form:
-        form = await request.post()
+        form = await _form(request)
         value = form.get("token")
         token = value if isinstance(value, str) else ""
     else:
         token = (await read_json(request, _Login)).token
     if not _token_matches(request, token.strip()):
-        log.warning("dashboard login from %s with a wrong admin token", request.remote)
         if is_form:
             return _redirect("/#bad-token")
         raise ApiError(401, "unauthorized", "wrong admin token")

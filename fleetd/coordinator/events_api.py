@@ -21,9 +21,14 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await resp.prepare(request)
+
+    def hang_up() -> None:
+        if request.transport is not None:
+            request.transport.abort()  # close() would wait to send what it never will
+
     # Subscribed before the first byte goes out: a client that has read the retry line
     # misses no change made after that.
-    messages = request.app[EVENTS].subscribe()
+    messages = request.app[EVENTS].subscribe(on_drop=hang_up)
     try:
         await resp.write(b"retry: 2000\n\n")
         async for msg in messages:

@@ -14,6 +14,7 @@ from collections import deque
 
 from fleetd.coordinator.metrics import Metrics
 from fleetd.coordinator.pools import Pools
+from fleetd.core import proxy
 from fleetd.core.errors import ApiError, not_found
 
 RETRY_AFTER_S = 5
@@ -23,6 +24,13 @@ RETRY_AFTER_S = 5
 def unknown_model(model: str) -> ApiError:
     """Worded as Ollama words it, so clients that match the text keep working."""
     return not_found(f'model "{model}" not found, try pulling it first', code="model_not_found")
+
+
+STOPPING = "the coordinator is shutting down; retry the request in a moment"
+
+
+def stopping() -> ApiError:
+    return proxy.shutting_down(STOPPING)
 
 
 def models_starting(message: str) -> ApiError:
@@ -49,12 +57,22 @@ class Gate:
         self.timeout_s = timeout_s
         self.metrics = metrics
         self._waiters: deque[tuple[str, asyncio.Future[str]]] = deque()
+        self.stopping = False
         pools.on_join.append(self._wake)
 
     @property
     def waiting(self) -> int:
         """Requests waiting in the gate now."""
         return len(self._waiters)
+
+    def stop(self) -> None:
+        """On shutdown: every waiting request gets 503 ``shutting_down`` now, and new ones too."""
+        self.stopping = True
+        for _, fut in self._waiters:
+            if not fut.done():
+                fut.set_exception(stopping())
+        self._waiters.clear()
+        self.metrics.queue_depth.set(0)
 
     def has_room(self) -> bool:
         return len(self._waiters) < self.limit
@@ -78,6 +96,8 @@ class Gate:
     async def acquire(self, model: str) -> str:
         """A ready agent for ``model``, its in-flight count already raised; waits in the gate
         while there is none. 404 for a model nobody has, 503 when the queue or the wait ends."""
+        if self.stopping:
+            raise stopping()
         agent_id = self.pools.pick(model)
         if agent_id is not None:
             return agent_id
@@ -108,7 +128,7 @@ class Gate:
         try:
             await asyncio.wait((fut,), timeout=self.timeout_s)
         except asyncio.CancelledError:
-            if fut.done():
+            if fut.done() and fut.exception() is None:
                 self.pools.end(fut.result())  # woken just as its client left
             else:
                 fut.cancel()

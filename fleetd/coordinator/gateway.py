@@ -10,8 +10,8 @@ request and relays the reply (core/proxy.py).
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
-import sys
 import time
 from collections.abc import AsyncIterator, Callable
 
@@ -21,8 +21,9 @@ from aiohttp import web
 from multidict import CIMultiDict
 from prometheus_client import Counter, Histogram
 
+from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
-from fleetd.coordinator.gate import Gate
+from fleetd.coordinator.gate import STOPPING, Gate, stopping
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.coordinator.registry import REGISTRY, Registry
@@ -46,35 +47,18 @@ class _Retry(Exception):
         self.reply = reply
 
 
-class _Flight:
-    """One attempt in progress on an agent, so that it can be ended if the agent goes offline
-    while it waits: a hung agent must not hold its clients until they give up."""
-
-    __slots__ = ("aborted", "task", "upstream", "why")
-
-    def __init__(self, task: asyncio.Task[object] | None) -> None:
-        self.task = task
-        self.upstream: aiohttp.ClientResponse | None = None
-        self.aborted = False
-        self.why = ""
-
-    def abort(self, why: str) -> None:
-        if self.upstream is None:
-            # Still waiting for the reply's head: nothing has reached the client, so the
-            # attempt ends as a failure to retry on another agent.
-            if self.task is not None and not self.aborted:
-                self.aborted = True
-                self.why = why
-                self.task.cancel()
-        elif not self.upstream.content.is_eof():
-            # Mid-reply: the relay sees a broken upstream and tells the client so.
-            self.upstream.content.set_exception(aiohttp.ClientConnectionError(why))
-
-
-def _uncancel(task: asyncio.Task[object] | None) -> None:
-    """Undo our own ``cancel()`` once handled, so later timeouts in the task still work."""
-    if task is not None and sys.version_info >= (3, 11):
-        task.uncancel()
+def out_of_descriptors(e: BaseException) -> bool:
+    """Whether ``e`` (or the OSError it wraps) is this process or system running out of file
+    descriptors (EMFILE/ENFILE): the coordinator's own resource error, never the agent's."""
+    seen: BaseException | None = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        os_error = getattr(seen, "os_error", None)
+        if isinstance(os_error, OSError) and os_error.errno in (errno.EMFILE, errno.ENFILE):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class Gateway:
@@ -87,7 +71,11 @@ class Gateway:
         self.metrics = metrics
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
-        self._flights: dict[str, set[_Flight]] = {}
+        self._flights: dict[str, set[proxy.Flight]] = {}
+        self.stopping = False
+        self._overload_logged = -60.0
+        self._idle = asyncio.Event()
+        """Set once stopping and no request is in flight on any agent."""
 
     def can_serve(self, model: str) -> bool:
         """Some ready agent can take a request for ``model`` now."""
@@ -105,9 +93,9 @@ class Gateway:
                 a.id,
                 len(flights),
             )
-            why = f"agent {a.name} ({a.id}) went offline"
+            error = aiohttp.ClientConnectionError(f"agent {a.name} ({a.id}) went offline")
             for flight in list(flights):
-                flight.abort(why)
+                flight.abort(error)
 
     def agent_silent(self, a: Agent) -> None:
         """Registry listener: ``a`` missed two heartbeats. No new requests go to it, and
@@ -118,8 +106,48 @@ class Gateway:
         waiting = [f for f in self._flights.get(a.id, ()) if f.upstream is None]
         if waiting:
             log.warning("moving %d request(s) waiting on agent %s elsewhere", len(waiting), a.id)
+        error = aiohttp.ClientConnectionError(why)
         for flight in waiting:
-            flight.abort(why)
+            flight.abort(error)
+
+    async def stop(self, grace_s: float) -> None:
+        """On shutdown: requests waiting in the gate get 503 ``shutting_down`` now, requests
+        in flight get ``grace_s`` to finish, then are ended with an error saying why."""
+        self.stopping = True
+        self.gate.stop()
+        if not self._flights:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        flights = [f for fs in self._flights.values() for f in fs]
+        log.warning(
+            "ending %d request(s) still in flight: the coordinator is stopping", len(flights)
+        )
+        error = proxy.ShuttingDown(STOPPING)
+        for flight in flights:
+            flight.abort(error)
+
+    def _overloaded(self, e: BaseException) -> ApiError:
+        """The coordinator itself ran out of descriptors: not the agent's fault, so no
+        suspect, no failover (the next agent would fail the same way); logged once a minute."""
+        now = time.monotonic()
+        if now - self._overload_logged >= 60:
+            self._overload_logged = now
+            log.error(
+                "cannot open a connection to an agent: %s; answering 503 coordinator_overloaded "
+                "(raise LimitNOFILE, see docs/troubleshooting.md)",
+                e,
+            )
+        return ApiError(
+            503,
+            "coordinator_overloaded",
+            "the coordinator has too many open connections (Too many open files); "
+            "retry in a moment",
+            headers={"Retry-After": "1"},
+        )
 
     # -- forwarding -----------------------------------------------------------------------
 
@@ -155,12 +183,16 @@ class Gateway:
             self._count(path, e.code)
             raise
         headers = proxy.request_headers(request.headers)
+        headers[loops.HEADER] = loops.forward_mark(request)
         session = request.app[CLIENT]
         retried = False
         while True:
             try:
                 return await self._attempt(request, session, agent_id, body, headers, started)
             except _Retry as failure:
+                if self.stopping:
+                    self._count(path, "shutting_down")
+                    raise stopping() from None
                 self.pools.mark_suspect(agent_id, str(failure))
                 next_id = None
                 if not retried:
@@ -186,7 +218,7 @@ class Gateway:
         """One try on ``agent_id`` (whose in-flight count is already raised); ends it."""
         path = request.path
         outcome = proxy.CLIENT_GONE
-        flight = _Flight(asyncio.current_task())
+        flight = proxy.Flight(asyncio.current_task())
         flights = self._flights.setdefault(agent_id, set())
         flights.add(flight)
         try:
@@ -201,11 +233,13 @@ class Gateway:
                     timeout=proxy.TIMEOUT,
                 )
             except proxy.UPSTREAM_ERRORS as e:
+                if out_of_descriptors(e):
+                    raise self._overloaded(e) from None
                 raise _Retry(f"{what} unreachable: {e or type(e).__name__}") from None
             except asyncio.CancelledError:
                 if not flight.aborted:
                     raise
-                _uncancel(flight.task)
+                proxy.uncancel(flight.task)
                 raise _Retry(f"{flight.why} before answering") from None
             flight.upstream = upstream
             try:
@@ -230,6 +264,8 @@ class Gateway:
             flights.discard(flight)
             if not flights and self._flights.get(agent_id) is flights:
                 del self._flights[agent_id]
+                if self.stopping and not self._flights:
+                    self._idle.set()
             self.pools.end(agent_id)
         if outcome == proxy.OK and resp.status >= 400:
             outcome = str(resp.status)

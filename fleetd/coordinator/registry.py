@@ -21,7 +21,7 @@ from aiohttp import web
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import background
 from fleetd.core.events import EVENTS, EventBus
-from fleetd.core.store import STORE, Store
+from fleetd.core.store import STORE, Store, StoreUnavailable
 from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
@@ -259,7 +259,12 @@ class Registry:
             return
         batch = [self.agents[i] for i in self._dirty if i in self.agents]
         self._dirty.clear()
-        await self.store.save_agents(batch)
+        try:
+            await self.store.save_agents(batch)
+        except BaseException:
+            # Not lost: the next flush writes them again with whatever changed since.
+            self._dirty.update(a.id for a in batch)
+            raise
 
     async def run(self) -> None:
         interval = min(1.0, self.timeout / 4)
@@ -268,6 +273,8 @@ class Registry:
             self.sweep()
             try:
                 await self.flush()
+            except StoreUnavailable:
+                pass  # the store logged it once; the agents stay dirty until it can write
             except Exception:
                 log.exception("writing agents to the store failed; will retry")
 

@@ -266,6 +266,14 @@ async def agent_progress(request: web.Request) -> web.Response:
     """An agent's task updates (at least once a second while it downloads)."""
     require_agent(request)
     report = await read_json(request, ProgressReport)
+    for i, u in enumerate(report.tasks):
+        # Checked for the whole report before any of it is applied.
+        if u.total_bytes and u.completed_bytes > u.total_bytes:
+            raise bad_request(
+                f"tasks[{i}].completed_bytes: {u.completed_bytes} is more than total_bytes "
+                f"{u.total_bytes}",
+                code="bad_progress",
+            )
     agent_id = request.match_info["id"]
     registry = request.app[REGISTRY]
     if registry.get(agent_id) is None:

@@ -67,6 +67,11 @@ def bad_request(message: str, *, code: str = "bad_request", param: str | None = 
     return ApiError(400, code, message, param=param)
 
 
+def too_deep() -> ApiError:
+    """msgspec decodes nesting by recursion: a body nested thousands deep ends its stack."""
+    return bad_request("malformed JSON: nested too deeply", code="too_deep")
+
+
 def not_found(message: str, *, code: str = "not_found") -> ApiError:
     return ApiError(404, code, message)
 
@@ -151,6 +156,10 @@ async def error_middleware(request: web.Request, handler: _Handler) -> web.Strea
         else:
             message = e.reason
         return error_response(request.path, ApiError(e.status, code, message))
+    except RecursionError:
+        # Only untrusted input nests deep enough (JSON decoded without read_json's check).
+        log.warning("%s %s: request nested too deeply", request.method, request.path)
+        return error_response(request.path, too_deep())
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return error_response(request.path, ApiError(500, "internal", "internal error"))

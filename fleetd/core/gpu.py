@@ -10,9 +10,9 @@ from fleetd.config import AgentConfig
 
 
 class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
-    name: str
-    memory_bytes: Annotated[int, msgspec.Meta(gt=0)]
-    memory_used_bytes: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    name: Annotated[str, msgspec.Meta(max_length=256)]
+    memory_bytes: Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
+    memory_used_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     utilization: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
     """0.0–1.0, as interface.md says; a percentage is refused, not stored."""
 

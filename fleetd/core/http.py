@@ -10,7 +10,8 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from fleetd.core.errors import ApiError, bad_request, explain_validation
+from fleetd.core import throttle
+from fleetd.core.errors import ApiError, bad_request, explain_validation, too_deep
 from fleetd.core.names import InvalidModelName, is_valid, normalize
 
 CLIENT = web.AppKey("client", aiohttp.ClientSession)
@@ -20,13 +21,16 @@ T = TypeVar("T")
 _encoder = msgspec.json.Encoder()
 
 
-def client_ctx(limit: int = 512) -> Any:
-    """A cleanup_ctx entry that opens the process's single ClientSession (sized pool)."""
+def client_ctx(limit: int = 512, headers: dict[str, str] | None = None) -> Any:
+    """A cleanup_ctx entry that opens the process's single ClientSession (sized pool);
+    ``headers`` go with every request it sends."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, ttl_dns_cache=300)
         async with aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None, connect=10)
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None, connect=10),
+            headers=headers,
         ) as session:
             app[CLIENT] = session
             yield
@@ -64,6 +68,8 @@ async def read_json(request: web.Request, type_: type[T], *, model_first: bool =
             model = msgspec.json.decode(body, type=_ModelOnly).model
         except (msgspec.DecodeError, msgspec.ValidationError):
             model = None  # the strict decode below names the problem
+        except RecursionError:
+            raise too_deep() from None
         if isinstance(model, str) and not is_valid(model):
             raise bad_request(f"model: invalid model name {model!r}", param="model")
     try:
@@ -72,6 +78,8 @@ async def read_json(request: web.Request, type_: type[T], *, model_first: bool =
         raise bad_request(_validation_message(str(e))) from None
     except msgspec.DecodeError as e:
         raise bad_request(f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise too_deep() from None
 
 
 class Head(msgspec.Struct):
@@ -94,6 +102,8 @@ def decode_head(decoder: msgspec.json.Decoder[H], body: bytes) -> H:
         raise bad_request(f"invalid request body: {e}") from None
     except msgspec.DecodeError as e:
         raise bad_request(f"malformed JSON: {e}") from None
+    except RecursionError:
+        raise too_deep() from None
 
 
 _models_seen: dict[str, str] = {}
@@ -126,17 +136,28 @@ def _validation_message(msg: str) -> str:
     return f"{path}: {reason}" if path else f"request body: {reason}"
 
 
+def same_secret(given: str, expected: str) -> bool:
+    """Constant-time comparison that takes any string: a header that is not UTF-8 (aiohttp
+    keeps its bytes as surrogates) is just a wrong secret, not an encoding error."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 def check_token(request: web.Request, expected: str) -> bool:
     """Constant-time check of ``Authorization: Bearer <token>``."""
     header = request.headers.get("Authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() != "bearer" or not value:
         return False
-    return hmac.compare_digest(value.strip().encode(), expected.encode())
+    return same_secret(value.strip(), expected)
 
 
 def require_token(request: web.Request, expected: str, what: str) -> None:
+    throttle.guard(request)
     if not check_token(request, expected):
+        if request.headers.get("Authorization"):
+            throttle.failed(request, what)  # a wrong guess; a missing token is not one
         raise ApiError(
             401,
             "unauthorized",

@@ -261,6 +261,14 @@ class PgStore:
 
         await self._submit(op)
 
+    async def check(self) -> str | None:
+        """``None`` when the database answers, else why not (for ``/healthz``)."""
+        try:
+            await self._fetch("SELECT 1")
+        except StoreUnavailable as e:
+            return e.message
+        return None
+
     async def close(self) -> None:
         if self._closed:
             return

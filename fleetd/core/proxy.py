@@ -8,6 +8,7 @@ an error event in the stream's own format, so the client sees an error instead o
 from __future__ import annotations
 
 import asyncio
+import sys
 from collections.abc import Iterable
 
 import aiohttp
@@ -76,12 +77,52 @@ def response_headers(
     return _filtered(headers, _SKIP_RESPONSE, extra)
 
 
-def stream_error(content_type: str, message: str) -> bytes:
+def stream_error(content_type: str, message: str, code: str = "upstream_failed") -> bytes:
     """One error event in the stream's format: SSE for OpenAI clients, NDJSON for Ollama's."""
     if content_type == "text/event-stream":
-        err = {"message": message, "type": "api_error", "param": None, "code": "upstream_failed"}
+        err = {"message": message, "type": "api_error", "param": None, "code": code}
         return b"data: " + _encoder.encode({"error": err}) + b"\n\n"
-    return _encoder.encode({"error": message}) + b"\n"
+    return _encoder.encode({"error": message, "code": code}) + b"\n"
+
+
+class ShuttingDown(aiohttp.ClientConnectionError):
+    """Cuts a relayed reply because this process is stopping; the client is told exactly that
+    (code ``shutting_down``) rather than that the upstream failed."""
+
+
+def shutting_down(message: str) -> ApiError:
+    return ApiError(503, "shutting_down", message, headers={"Retry-After": "1"})
+
+
+class Flight:
+    """One request relayed to an upstream, so that it can be ended from outside (its agent
+    went offline, this process is stopping): a hung upstream must not hold its client."""
+
+    __slots__ = ("aborted", "task", "upstream", "why")
+
+    def __init__(self, task: asyncio.Task[object] | None) -> None:
+        self.task = task
+        self.upstream: aiohttp.ClientResponse | None = None
+        self.aborted = False
+        self.why = ""
+
+    def abort(self, error: aiohttp.ClientConnectionError) -> None:
+        if self.upstream is None:
+            # Still waiting for the reply's head: nothing has reached the client, so the
+            # task is cancelled and its handler answers (``aborted`` tells it why).
+            if self.task is not None and not self.aborted:
+                self.aborted = True
+                self.why = str(error)
+                self.task.cancel()
+        elif not self.upstream.content.is_eof():
+            # Mid-reply: the relay sees a broken upstream and tells the client ``error``.
+            self.upstream.content.set_exception(error)
+
+
+def uncancel(task: asyncio.Task[object] | None) -> None:
+    """Undo our own ``cancel()`` once handled, so later timeouts in the task still work."""
+    if task is not None and sys.version_info >= (3, 11):
+        task.uncancel()
 
 
 OK, BROKEN, CLIENT_GONE = "ok", "broken", "client_gone"
@@ -105,6 +146,8 @@ async def relay(
     if upstream.content_length is not None:
         try:
             body = await upstream.read()
+        except ShuttingDown as e:
+            raise shutting_down(str(e)) from None
         except UPSTREAM_ERRORS as e:
             raise ApiError(
                 502, "upstream_failed", f"{what} failed mid-reply: {e or type(e).__name__}"
@@ -120,8 +163,12 @@ async def relay(
                 chunk = await content.readany()
             except UPSTREAM_ERRORS as e:
                 sep = b"" if tail == b"\n" else b"\n\n"
-                message = f"{what} failed mid-stream: {e or type(e).__name__}"
-                await out.write(sep + stream_error(upstream.content_type, message))
+                if isinstance(e, ShuttingDown):
+                    error = stream_error(upstream.content_type, str(e), "shutting_down")
+                else:
+                    message = f"{what} failed mid-stream: {e or type(e).__name__}"
+                    error = stream_error(upstream.content_type, message)
+                await out.write(sep + error)
                 await out.write_eof()
                 return out, BROKEN
             if not chunk:

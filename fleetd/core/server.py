@@ -15,6 +15,13 @@ log = logging.getLogger("fleetd")
 
 SHUTDOWN_TIMEOUT_S = 5.0
 
+KEEPALIVE_TIMEOUT_S = 20.0
+"""Default of ``keepalive_timeout_s``: longer than the keep-alive of common clients (aiohttp
+15 s, httpx 5 s), so that they drop an idle connection before the server closes it."""
+
+MAX_NOFILE = 1 << 20
+"""Where the soft open-files limit stops when the hard one is unlimited."""
+
 
 def setup_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(
@@ -39,6 +46,27 @@ def run(main: Coroutine[Any, Any, int]) -> int:
     return asyncio.run(main)  # pragma: no cover
 
 
+def raise_open_files_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: every client, stream and upstream connection
+    holds a descriptor, and the usual soft default (1024) is reached by a few hundred streams.
+    Logged once, with the figure, so that an operator sees what the process may use."""
+    try:
+        import resource
+    except ImportError:  # pragma: no cover - not on Windows
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = MAX_NOFILE if hard == resource.RLIM_INFINITY else hard
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError) as e:
+            log.warning("cannot raise the open-files limit from %d to %d: %s", soft, target, e)
+            return
+        log.info("open-files limit raised from %d to %d (the hard limit)", soft, target)
+    else:
+        log.info("open-files limit %d", soft)
+
+
 def split_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]"), int(port)
@@ -50,13 +78,26 @@ async def serve(
     what: str,
     on_started: Callable[[str], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
+    keepalive_timeout_s: float = KEEPALIVE_TIMEOUT_S,
 ) -> int:
-    """Serve ``app`` until a signal (or ``stop``); log ``<what> listening on URL`` once bound."""
+    """Serve ``app`` until a signal (or ``stop``); log ``<what> listening on URL`` once bound.
+
+    ``keepalive_timeout_s`` closes a connection that has no complete request for that long:
+    an idle keep-alive connection, and one whose request line or headers never finish
+    (aiohttp 3.14 arms that timer from the moment a connection opens and after each reply,
+    and only acts on it while no request is being handled), so half-open sockets cannot
+    pile up and lock everyone out."""
     stop = stop or asyncio.Event()
+    raise_open_files_limit()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    runner = web.AppRunner(app, shutdown_timeout=SHUTDOWN_TIMEOUT_S, access_log=None)
+    runner = web.AppRunner(
+        app,
+        shutdown_timeout=SHUTDOWN_TIMEOUT_S,
+        access_log=None,
+        keepalive_timeout=keepalive_timeout_s,
+    )
     try:
         # A cleanup_ctx entry that fails to open ends here; runner.cleanup() below closes
         # the entries opened before it.

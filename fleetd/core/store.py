@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -23,6 +24,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.core.errors import ApiError
+from fleetd.core.tokens import private_files
 from fleetd.core.wire import Agent, InstalledModel, Task
 
 log = logging.getLogger("fleetd.store")
@@ -94,10 +96,43 @@ class Store(Protocol):
     async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None: ...
     async def get_kv(self, key: str) -> bytes | None: ...
     async def set_kv(self, key: str, value: bytes) -> None: ...
+    async def check(self) -> str | None: ...
     async def close(self) -> None: ...
 
 
 _STOP = object()
+
+
+class _Op:
+    """One unit of work for the store thread and the future its caller awaits."""
+
+    __slots__ = ("fn", "fut", "loop", "writes")
+
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection], Any],
+        fut: asyncio.Future[Any],
+        loop: asyncio.AbstractEventLoop,
+        writes: bool,
+    ) -> None:
+        self.fn, self.fut, self.loop, self.writes = fn, fut, loop, writes
+
+    def settle(self, result: Any, exc: BaseException | None) -> None:
+        """From the store thread: hand the outcome to the caller's loop. A caller that left
+        (cancelled: a client hung up) or a loop already closed gets nothing, and nothing fails."""
+        try:
+            self.loop.call_soon_threadsafe(_settle, self.fut, result, exc)
+        except RuntimeError:
+            pass  # the loop is closed: nobody is waiting any more
+
+
+def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if fut.done():
+        return
+    if exc is None:
+        fut.set_result(result)
+    else:
+        fut.set_exception(exc)
 
 
 class SqliteStore:
@@ -109,6 +144,8 @@ class SqliteStore:
         self._thread = threading.Thread(target=self._run, name="fleetd-store", daemon=True)
         self._ready: Future[None] = Future()
         self._closed = False
+        self.fault: str | None = None
+        """Why the last write failed (``database or disk is full``…); ``None`` once one works."""
         self._enc = msgspec.msgpack.Encoder()
         self._agent_dec = msgspec.msgpack.Decoder(Agent)
         self._task_dec = msgspec.msgpack.Decoder(Task)
@@ -119,8 +156,13 @@ class SqliteStore:
         await asyncio.wrap_future(self._ready)
 
     def _connect(self) -> sqlite3.Connection:
+        # Created owner-only before SQLite opens it: SQLite gives the -wal and -shm files the
+        # database file's mode, so all three stay 0600 whatever the umask.
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
         conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
         conn.execute("PRAGMA journal_mode=WAL")
+        wal, shm = (self.path.with_name(self.path.name + s) for s in ("-wal", "-shm"))
+        private_files(self.path, wal, shm)
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("PRAGMA busy_timeout=5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -154,40 +196,88 @@ class SqliteStore:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-            conn.execute("BEGIN")
-            done: list[tuple[Future[Any], Any]] = []
-            failed: list[tuple[Future[Any], BaseException]] = []
-            for item in batch:
-                if item is _STOP:
-                    stop = True
-                    continue
-                fn, fut = item
-                conn.execute("SAVEPOINT op")
-                try:
-                    done.append((fut, fn(conn)))
-                    conn.execute("RELEASE op")
-                except Exception as e:
-                    conn.execute("ROLLBACK TO op")
-                    conn.execute("RELEASE op")
-                    failed.append((fut, e))
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as e:
-                conn.execute("ROLLBACK")
-                failed.extend((fut, e) for fut, _ in done)
-                done = []
-            for fut, result in done:
-                fut.set_result(result)
-            for fut, exc in failed:
-                fut.set_exception(exc)
+            ops = [item for item in batch if item is not _STOP]
+            stop = len(ops) < len(batch)
+            if ops:
+                self._run_batch(conn, ops)
         conn.close()
 
-    async def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _run_batch(self, conn: sqlite3.Connection, ops: list[_Op]) -> None:
+        """One transaction for ``ops``. An op's own error fails only that op (its savepoint is
+        rolled back); an error of the transaction itself (a full disk, an I/O error, a failed
+        rollback) fails every op of the batch. Nothing escapes: the thread must keep serving."""
+        done: list[tuple[_Op, Any]] = []
+        failed: list[tuple[_Op, BaseException]] = []
+        try:
+            conn.execute("BEGIN")
+            for op in ops:
+                conn.execute("SAVEPOINT op")
+                try:
+                    done.append((op, op.fn(conn)))
+                except sqlite3.OperationalError:
+                    raise  # the database itself is unwell (full, I/O, read-only): all fail
+                except Exception as e:
+                    failed.append((op, e))
+                    conn.execute("ROLLBACK TO op")
+                conn.execute("RELEASE op")
+            conn.execute("COMMIT")
+        except sqlite3.Error as e:
+            if conn.in_transaction:
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # SQLite may have rolled back already; the next BEGIN starts clean
+            self._fault(e)
+            err = StoreUnavailable(f"the database {self.path} cannot be written: {e}")
+            own = {id(op): exc for op, exc in failed}
+            failed = [(op, own.get(id(op), err)) for op in ops]
+            done = []
+        else:
+            if any(op.writes for op, _ in done):
+                self._recovered()
+        for op, result in done:
+            op.settle(result, None)
+        for op, exc in failed:
+            op.settle(None, exc)
+
+    async def _submit(self, fn: Callable[[sqlite3.Connection], T], writes: bool = False) -> T:
         if self._closed:
             raise RuntimeError("store is closed")
-        fut: Future[T] = Future()
-        self._queue.put((fn, fut))
-        return await asyncio.wrap_future(fut)
+        if not self._thread.is_alive():
+            raise StoreUnavailable(f"the database {self.path} is not open (its thread stopped)")
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[T] = loop.create_future()
+        self._queue.put(_Op(fn, fut, loop, writes))
+        return await fut
+
+    def _fault(self, e: sqlite3.Error) -> None:
+        if self.fault is None:
+            log.error(
+                "cannot write the database %s: %s; writes answer 503 until it can", self.path, e
+            )
+        self.fault = str(e)
+
+    def _recovered(self) -> None:
+        if self.fault is not None:
+            log.warning("the database %s can be written again", self.path)
+        self.fault = None
+
+    async def check(self) -> str | None:
+        """``None`` when the database can be written, else why not. A store that failed tries
+        a throw-away write (big enough to need a new page) so that recovery shows without
+        waiting for real traffic."""
+        if self.fault is None:
+            return None
+
+        def probe(c: sqlite3.Connection) -> None:
+            c.execute("INSERT OR REPLACE INTO kv(key, value) VALUES ('probe', zeroblob(8192))")
+            c.execute("DELETE FROM kv WHERE key = 'probe'")
+
+        try:
+            await self._submit(probe, writes=True)
+        except StoreUnavailable:
+            pass
+        return self.fault
 
     async def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
         """Run ``sql`` for each row. Nothing comes back: a cursor handed to the event loop's
@@ -197,7 +287,7 @@ class SqliteStore:
         def write(c: sqlite3.Connection) -> None:
             c.executemany(sql, rows)
 
-        await self._submit(write)
+        await self._submit(write, writes=True)
 
     async def close(self) -> None:
         if self._closed or not self._thread.is_alive():
@@ -245,7 +335,7 @@ class SqliteStore:
             c.execute("DELETE FROM installed WHERE agent_id = ?", (agent_id,))
             c.executemany("INSERT INTO installed(agent_id, model, data) VALUES (?,?,?)", rows)
 
-        await self._submit(write)
+        await self._submit(write, writes=True)
 
     async def load_installed_as_of(self) -> dict[str, datetime]:
         rows = await self._submit(

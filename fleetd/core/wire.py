@@ -15,7 +15,41 @@ import msgspec
 
 from fleetd.core.gpu import Gpu
 
-Count = Annotated[int, msgspec.Meta(ge=0)]
+INT_MAX = 2**63 - 1
+"""SQLite's largest INTEGER: every number an agent or client sends must fit in it."""
+
+Count = Annotated[int, msgspec.Meta(ge=0, le=INT_MAX)]
+Bytes = Count
+Seconds = Annotated[float, msgspec.Meta(ge=0.0, le=1e12)]
+"""Finite (``1e400`` decodes to infinity) and within ~30,000 years."""
+Rate = Annotated[float, msgspec.Meta(ge=0.0, le=1e15)]
+Percent = Annotated[float, msgspec.Meta(ge=0.0, le=100.0)]
+
+# Sizes: an agent or client cannot make the coordinator hold (and fan out to every dashboard)
+# more than a few KiB per agent. Generous enough that no real host reaches them.
+NAME_MAX = 128
+URL_MAX = 2048
+MESSAGE_MAX = 1024
+"""``status_message``; the agent clips its own message to it."""
+ERROR_MAX = 4096
+"""A task's ``error``; the agent clips it."""
+MODEL_NAME_MAX = 512
+LIST_MAX = 4096
+"""Installed models, task updates in one report."""
+LOADED_MAX = 256
+"""Models loaded at once on one host (each takes GPU memory: a few dozen at most)."""
+Str = Annotated[str, msgspec.Meta(max_length=NAME_MAX)]
+ModelName = Annotated[str, msgspec.Meta(max_length=MODEL_NAME_MAX)]
+ModelNames = Annotated[list[ModelName], msgspec.Meta(max_length=LOADED_MAX)]
+Url = Annotated[str, msgspec.Meta(max_length=URL_MAX)]
+Message = Annotated[str, msgspec.Meta(max_length=MESSAGE_MAX)]
+ErrorText = Annotated[str, msgspec.Meta(max_length=ERROR_MAX)]
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, marked as cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
 
 TaskStatus = Literal["queued", "downloading", "completed", "failed", "waiting", "cancelled"]
 TERMINAL: frozenset[str] = frozenset({"completed", "failed", "cancelled"})
@@ -46,23 +80,29 @@ def next_revision() -> int:
 class InstalledModel(msgspec.Struct, kw_only=True):
     """One model in an Ollama's ``/api/tags``, as the agent reports it."""
 
-    name: str
-    size: int
+    name: ModelName
+    size: Bytes
     installed_at: datetime | None = None
-    digest: str = ""
+    digest: Str = ""
+
+
+InstalledModels = Annotated[list[InstalledModel], msgspec.Meta(max_length=LIST_MAX)]
+Gpus = Annotated[list[Gpu], msgspec.Meta(max_length=64)]
 
 
 class Registration(msgspec.Struct, kw_only=True):
     """``POST /api/agents``; only name, url and gpus are required."""
 
-    name: str
-    url: str
-    gpus: list[Gpu]
-    instance_id: str = ""
-    version: str = ""
-    ollama_versions: list[str] = msgspec.field(default_factory=list)
-    models: list[InstalledModel] | None = None
-    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0)] | None = None
+    name: Str
+    url: Url
+    gpus: Gpus
+    instance_id: Str = ""
+    version: Str = ""
+    ollama_versions: Annotated[list[Str], msgspec.Meta(max_length=64)] = msgspec.field(
+        default_factory=list
+    )
+    models: InstalledModels | None = None
+    heartbeat_interval_s: Annotated[float, msgspec.Meta(gt=0, le=1e6)] | None = None
     """How often the agent sends heartbeats; ``DEFAULT_HEARTBEAT_INTERVAL_S`` if absent."""
 
 
@@ -73,12 +113,12 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     ready_models: Count
     total_models: Count
     requests_in_flight: Count = 0
-    gpus: list[Gpu] | None = None
-    cpu_percent: float | None = None
-    memory_percent: float | None = None
-    status_message: str = ""
-    loaded_models: list[str] | None = None
-    models: list[InstalledModel] | None = None
+    gpus: Gpus | None = None
+    cpu_percent: Percent | None = None
+    memory_percent: Percent | None = None
+    status_message: Message = ""
+    loaded_models: ModelNames | None = None
+    models: InstalledModels | None = None
 
 
 class Agent(msgspec.Struct, kw_only=True):
@@ -153,29 +193,29 @@ class Order(msgspec.Struct, kw_only=True):
     task_id: str
     model: str
     redownload: bool = False
-    attempt: int = 0
+    attempt: Count = 0
 
 
 class TaskUpdate(msgspec.Struct, kw_only=True, omit_defaults=True):
     """Agent → coordinator: the state of one of its tasks."""
 
-    task_id: str
+    task_id: Str
     status: TaskStatus
-    attempt: int = 0
-    completed_bytes: int = 0
-    total_bytes: int = 0
-    speed_bps: float = 0.0
-    eta_s: float | None = None
-    error: str | None = None
-    source: str = ""
+    attempt: Count = 0
+    completed_bytes: Bytes = 0
+    total_bytes: Bytes = 0
+    speed_bps: Rate = 0.0
+    eta_s: Seconds | None = None
+    error: ErrorText | None = None
+    source: Message = ""
 
 
 class ProgressReport(msgspec.Struct, kw_only=True):
     """Agent → coordinator: ``POST /api/agents/{id}/progress``, at least once a second while
     a download runs; ``models`` (the installed list) only when it changed."""
 
-    tasks: list[TaskUpdate]
-    models: list[InstalledModel] | None = None
+    tasks: Annotated[list[TaskUpdate], msgspec.Meta(max_length=LIST_MAX)]
+    models: InstalledModels | None = None
 
 
 class ProgressReply(msgspec.Struct, kw_only=True):
@@ -188,4 +228,4 @@ class ProgressReply(msgspec.Struct, kw_only=True):
 class ModelList(msgspec.Struct, kw_only=True):
     """``GET {agent}/fleetd/models``: what the agent's Ollama server(s) have installed."""
 
-    models: list[InstalledModel]
+    models: InstalledModels

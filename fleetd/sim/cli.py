@@ -48,7 +48,7 @@ _Callback = Callable[[click.Context, click.Parameter, tuple[str, ...]], list[Fau
 
 
 def _faults(kind: str) -> _Callback:
-    """Parse ``--fail MODEL@FRACTION:MESSAGE`` or ``--interrupt MODEL@FRACTION``."""
+    """Parse ``--fail MODEL@FRACTION:MESSAGE``, ``--interrupt`` or ``--stall MODEL@FRACTION``."""
     form = "MODEL@FRACTION:MESSAGE" if kind == "fail" else "MODEL@FRACTION"
 
     def parse(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> list[Fault]:
@@ -149,6 +149,13 @@ def _faults(kind: str) -> _Callback:
     metavar="MODEL@FRACTION",
     help="Cut the next pull of MODEL at that fraction.",
 )
+@click.option(
+    "--stall",
+    multiple=True,
+    callback=_faults("stall"),
+    metavar="MODEL@FRACTION",
+    help="Stall the next pull of MODEL at that fraction: no more bytes, same progress lines.",
+)
 @click.option("--ollama-version", default=_DEFAULTS.version, show_default=True)
 def sim_ollama(
     listen: str,
@@ -168,6 +175,7 @@ def sim_ollama(
     state_dir: str | None,
     fail: list[Fault],
     interrupt: list[Fault],
+    stall: list[Fault],
     ollama_version: str,
 ) -> None:
     """Run a simulated Ollama server (and model registry) until SIGINT/SIGTERM."""
@@ -187,7 +195,7 @@ def sim_ollama(
         models=models,
         preinstalled=list(preinstall),
         state_dir=state_dir,
-        faults=fail + interrupt,
+        faults=fail + interrupt + stall,
         version=ollama_version,
     )
     try:

@@ -8,7 +8,7 @@ tests can break and inspect a running sim process. Bodies and answers are JSON.
 ``POST /_sim/settings`` ``{"bandwidth_bps", "disk_bytes", "vram_bytes", "max_loaded_models",
     "latency_ms", "token_delay_ms", "load_ms"}`` — any subset; sizes may be strings
     ("50MB"). Answers the settings now in force.
-``POST /_sim/faults`` ``{"model", "kind": "fail"|"interrupt", "at", "message", "times"}``
+``POST /_sim/faults`` ``{"model", "kind": "fail"|"interrupt"|"stall", "at", "message", "times"}``
     arms a pull fault (see options.Fault); ``DELETE /_sim/faults`` disarms all. Both
     answer ``{"faults": [...]}``.
 ``POST /_sim/down`` — the server "dies": requests in flight are cut, downloads stop

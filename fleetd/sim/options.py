@@ -33,8 +33,9 @@ class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A pull of ``model`` goes wrong once its progress reaches fraction ``at``.
 
     ``kind`` "fail" ends the stream with an HTTP-200 ``{"error": message}`` line; "interrupt"
-    cuts the connection with no error line. Partial bytes stay either way. ``times`` is how
-    many pulls it hits before it disarms itself (-1: every pull).
+    cuts the connection with no error line; "stall" stops the bytes but keeps sending the
+    same progress lines until the client gives up. Partial bytes stay in every case.
+    ``times`` is how many pulls it hits before it disarms itself (-1: every pull).
     """
 
     model: str
@@ -45,8 +46,8 @@ class Fault(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     def problem(self) -> str | None:
         """Why this fault cannot be armed, or None when it is fine."""
-        if self.kind not in ("fail", "interrupt"):
-            return f'kind must be "fail" or "interrupt", got {self.kind!r}'
+        if self.kind not in ("fail", "interrupt", "stall"):
+            return f'kind must be "fail", "interrupt" or "stall", got {self.kind!r}'
         if not 0.0 <= self.at <= 1.0:
             return f"at must be a fraction between 0 and 1, got {self.at}"
         if self.times == 0 or self.times < -1:

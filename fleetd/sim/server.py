@@ -49,6 +49,12 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         status, message = exc.status, exc.message
     except web.HTTPException:
         raise
+    except ConnectionError:
+        # The client left before its answer could start (aiohttp's ClientConnectionResetError
+        # from prepare()): nobody to answer, nothing wrong here, so no traceback. The response
+        # returned is never sent.
+        log.debug("sim-ollama: client left %s %s early", request.method, request.path)
+        return web.Response(status=499)
     except Exception:
         log.exception("sim-ollama: unexpected error in %s %s", request.method, request.path)
         status, message = 500, "internal error in sim-ollama"

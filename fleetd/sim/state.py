@@ -231,6 +231,8 @@ class Puller:
                 done = store.have(spec)
                 if fault is not None and done >= fault.at * spec.size:
                     self._knobs.spend(fault)
+                    if fault.kind == "stall":
+                        await self._stall(dl)
                     if fault.kind == "interrupt":
                         dl.interrupted = True
                     else:
@@ -262,6 +264,13 @@ class Puller:
             dl.publish()
             outcome = dl.error or ("interrupted" if dl.interrupted else "done")
             log.info("sim-ollama: pull %s ended: %s", dl.name, outcome)
+
+    async def _stall(self, dl: Download) -> None:
+        """No byte ever again, the progress lines still coming: ends when the last client
+        leaves (``detach`` cancels the download)."""
+        while True:
+            await asyncio.sleep(self._interval)
+            dl.publish()
 
     def _spread(self, dl: Download, budget: int) -> None:
         """Share ``budget`` bytes among the unfinished blobs: layers download at once."""

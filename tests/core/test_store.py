@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timezone
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from fleetd.core.pgstore import PgStore
-from fleetd.core.store import MIGRATIONS, SqliteStore, Store
+from fleetd.core.store import MIGRATIONS, SqliteStore, Store, StoreUnavailable
 from fleetd.core.wire import Agent, InstalledModel, Task
 
 Opener = Callable[[], Awaitable[Store]]
@@ -129,3 +130,82 @@ async def test_closed_store_refuses_work(reopen: Opener) -> None:
     await s.close()
     with pytest.raises(RuntimeError, match="closed"):
         await s.load_agents()
+
+
+async def test_a_caller_that_leaves_does_not_stop_the_store(tmp_path: Path) -> None:
+    """A client hanging up cancels its handler while the write waits in the queue; the store
+    thread must drop that answer and keep serving (it used to die on InvalidStateError)."""
+    s = await open_store(tmp_path)
+    busy = threading.Event()
+    release = threading.Event()
+
+    def hold(c: sqlite3.Connection) -> None:
+        busy.set()
+        release.wait(10)
+
+    held = asyncio.ensure_future(s._submit(hold))
+    await asyncio.to_thread(busy.wait, 10)
+    left = [asyncio.ensure_future(s.save_tasks([Task(id="t", agent_id="a", model="m:1")]))]
+    left += [asyncio.ensure_future(s.load_tasks()) for _ in range(5)]
+    await asyncio.sleep(0)  # each has queued its work
+    for f in left:
+        f.cancel()
+    release.set()
+    await held
+    await s.save_tasks([Task(id="after", agent_id="a", model="m:1")])
+    assert "after" in {t.id for t in await s.load_tasks()}
+    assert await s.check() is None
+    await s.close()
+
+
+async def _fill(s: SqliteStore, n: int) -> None:
+    await s.save_tasks([Task(id=f"big{n}-{i}", agent_id="a", model="m" * 2000) for i in range(50)])
+
+
+async def test_a_full_disk_fails_writes_with_503_once_logged_and_recovers(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = await open_store(tmp_path)
+    pages = await s._submit(lambda c: c.execute("PRAGMA page_count").fetchone()[0])
+    # SQLite's own limit gives the very error a full disk gives: "database or disk is full".
+    await s._submit(lambda c: c.execute(f"PRAGMA max_page_count={pages}").fetchone())
+    for n in range(3):
+        with pytest.raises(StoreUnavailable) as e:
+            await _fill(s, n)
+        assert e.value.status == 503
+        assert "database or disk is full" in e.value.message
+    assert "database or disk is full" in (await s.check() or "")
+    assert await s.load_tasks() == [], "reads still work; nothing half-written"
+    faults = [r for r in caplog.records if "cannot write the database" in r.getMessage()]
+    assert len(faults) == 1, "one log line, not one per write"
+
+    await s._submit(lambda c: c.execute("PRAGMA max_page_count=1000000").fetchone())
+    assert await s.check() is None, "space came back: the store says so by itself"
+    await _fill(s, 9)
+    assert len(await s.load_tasks()) == 50
+    await s.close()
+
+
+async def test_any_sqlite_error_of_a_batch_fails_its_callers_not_the_thread(
+    tmp_path: Path,
+) -> None:
+    s = await open_store(tmp_path)
+
+    def broken(c: sqlite3.Connection) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    def bad_sql(c: sqlite3.Connection) -> None:
+        c.execute("INSERT INTO nowhere VALUES (1)")
+
+    results = await asyncio.gather(
+        s._submit(broken, writes=True),
+        s.save_tasks([Task(id="same-batch", agent_id="a", model="m:1")]),
+        return_exceptions=True,
+    )
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    with pytest.raises(StoreUnavailable):
+        await s._submit(bad_sql)
+    await s.save_tasks([Task(id="later", agent_id="a", model="m:1")])
+    assert [t.id for t in await s.load_tasks()] == ["later"]
+    assert await s.check() is None
+    await s.close()
