@@ -91,7 +91,7 @@ async def register_agent(request: web.Request) -> web.Response:
     _check_url(reg.url)
     await refuse_self(request, reg.url)
     supported = request.app[SETTINGS].supported_models
-    agent = request.app[REGISTRY].register(reg, total_models=len(supported))
+    agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
     return _reply(agent, request)
 
 

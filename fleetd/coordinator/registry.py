@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from aiohttp import web
 
 from fleetd.coordinator.settings import SETTINGS
-from fleetd.core.background import background
+from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.store import STORE, Store, StoreUnavailable
 from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
@@ -72,6 +72,11 @@ class Registry:
         online agent, pushed back on expiry if it was heard from meanwhile."""
         self._watched: set[str] = set()
         self.heartbeats = 0
+        self.jobs = Jobs("registry")
+        self._batch: dict[str, Agent] = {}
+        """Registered agents waiting for the write under way to end, to go in the next one."""
+        self._written: asyncio.Future[None] | None = None
+        """Settled when the write that takes ``_batch`` is done."""
         self.reported_models: dict[str, list[InstalledModel]] = {}
         """Installed models an agent listed when it registered, for on_online listeners."""
 
@@ -111,13 +116,13 @@ class Registry:
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
 
-    def register(self, reg: Registration, total_models: int) -> Agent:
+    async def register(self, reg: Registration, total_models: int) -> Agent:
         """Same instance id or same URL → same agent, whatever else changed.
 
         A fresh or returning agent is ``initializing`` with ``total_models`` to go until its
-        first heartbeat says otherwise. It is written with the next batch (within a second),
-        not awaited: when a whole fleet registers at once, one transaction writes them all.
-        Lost to a crash in that second, the agent registers again at its next heartbeat (404).
+        first heartbeat says otherwise. It is written before the answer (503 when the store
+        cannot), in one write shared by every registration that arrives meanwhile: when a
+        whole fleet registers at once, each does not wait for a write of its own.
         """
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
@@ -153,13 +158,40 @@ class Registry:
             a.total_models = total_models
         self._index(a)
         self._contact(a.id)
+        await self._save(a)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
-        self._changed(a, persist=True)
+        self._changed(a, persist=False)
         if reg.models is not None:
             self.reported_models[a.id] = reg.models
         self._notify(self.on_online, a)
         self.reported_models.pop(a.id, None)
         return a
+
+    async def _save(self, a: Agent) -> None:
+        self._batch[a.id] = a
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+            self.jobs.spawn(self._write_batch(self._written), name="registry-write")
+        # Shielded: a client that hangs up does not stop the write the others wait for.
+        await asyncio.shield(self._written)
+
+    async def _write_batch(self, done: asyncio.Future[None]) -> None:
+        await asyncio.sleep(0)  # registrations already under way join this write
+        batch = list(self._batch.values())
+        self._batch.clear()
+        self._written = None
+        try:
+            await self.store.save_agents(batch)
+        except Exception as e:
+            # Known in memory already: the next working flush saves them.
+            self._dirty.update(a.id for a in batch)
+            done.set_exception(e)
+            done.exception()  # retrieved: the registrations still waiting answer with it
+        else:
+            self._dirty.difference_update(a.id for a in batch)
+            done.set_result(None)
+        finally:
+            done.cancel()  # a no-op once settled; cancelled with the coordinator otherwise
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> Agent | None:
         a = self.agents.get(agent_id)
@@ -292,4 +324,5 @@ async def run_registry(app: web.Application) -> AsyncIterator[None]:
     await registry.load()
     async with background(registry.run(), "registry-sweep"):
         yield
+    await registry.jobs.close()
     await registry.flush()

@@ -47,12 +47,12 @@ async def registry(tmp_path: Path, clock: Clock) -> AsyncIterator[Registry]:
         await store.close()
 
 
-def register(registry: Registry, name: str) -> Agent:
+async def register(registry: Registry, name: str) -> Agent:
     gpus = [Gpu(name="Sim H100", memory_bytes=80 << 30)]
     reg = Registration(
         name=name, url=f"http://127.0.0.1:9/{name}", gpus=gpus, heartbeat_interval_s=INTERVAL_S
     )
-    return registry.register(reg, total_models=1)
+    return await registry.register(reg, total_models=1)
 
 
 def beat(registry: Registry, agent: Agent) -> None:
@@ -69,9 +69,9 @@ async def test_sweep_offlines_the_silent_agent_not_the_first_registered(
 ) -> None:
     offline: list[Agent] = []
     registry.on_offline.append(offline.append)
-    first = register(registry, "first")
-    silent = register(registry, "silent")
-    touched = register(registry, "touched")
+    first = await register(registry, "first")
+    silent = await register(registry, "silent")
+    touched = await register(registry, "touched")
     clock.advance(0.6 * TIMEOUT_S)
     # The first registered is heard from again, so it is no longer the oldest contact.
     beat(registry, first)
@@ -89,7 +89,7 @@ async def test_nobody_goes_offline_a_moment_before_the_timeout(
 ) -> None:
     offline: list[Agent] = []
     registry.on_offline.append(offline.append)
-    agent = register(registry, "steady")
+    agent = await register(registry, "steady")
     clock.advance(TIMEOUT_S - 0.01)
     registry.sweep()
     assert offline == [] and agent.status == "online"
@@ -105,7 +105,7 @@ async def test_an_agent_that_came_back_goes_offline_again_when_silent(
     online: list[Agent] = []
     registry.on_offline.append(offline.append)
     registry.on_online.append(online.append)
-    agent = register(registry, "flaky")
+    agent = await register(registry, "flaky")
     clock.advance(1.2 * TIMEOUT_S)
     registry.sweep()
     registry.touch(agent.id)  # contact short of a heartbeat does not bring it back
@@ -125,8 +125,8 @@ async def test_two_missed_heartbeats_make_an_agent_suspect_once(
 ) -> None:
     silent: list[Agent] = []
     registry.on_silent.append(silent.append)
-    quiet = register(registry, "quiet")
-    busy = register(registry, "busy")
+    quiet = await register(registry, "quiet")
+    busy = await register(registry, "busy")
     for _ in range(4):  # busy heartbeats on time; quiet says nothing
         clock.advance(INTERVAL_S * 0.6)
         beat(registry, busy)
