@@ -77,6 +77,7 @@ class Registry:
         """Registered agents waiting for the write under way to end, to go in the next one."""
         self._written: asyncio.Future[None] | None = None
         """Settled when the write that takes ``_batch`` is done."""
+        self._writing = False
         self.reported_models: dict[str, list[InstalledModel]] = {}
         """Installed models an agent listed when it registered, for on_online listeners."""
 
@@ -171,27 +172,30 @@ class Registry:
         self._batch[a.id] = a
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
-            self.jobs.spawn(self._write_batch(self._written), name="registry-write")
+            if not self._writing:
+                self._writing = True
+                self.jobs.spawn(self._write_batches(), name="registry-write")
         # Shielded: a client that hangs up does not stop the write the others wait for.
         await asyncio.shield(self._written)
 
-    async def _write_batch(self, done: asyncio.Future[None]) -> None:
-        await asyncio.sleep(0)  # registrations already under way join this write
-        batch = list(self._batch.values())
-        self._batch.clear()
-        self._written = None
+    async def _write_batches(self) -> None:
+        """One write at a time; the registrations that arrive meanwhile go in the next."""
         try:
-            await self.store.save_agents(batch)
-        except Exception as e:
-            # Known in memory already: the next working flush saves them.
-            self._dirty.update(a.id for a in batch)
-            done.set_exception(e)
-            done.exception()  # retrieved: the registrations still waiting answer with it
-        else:
-            self._dirty.difference_update(a.id for a in batch)
-            done.set_result(None)
+            while self._written is not None:
+                done, batch = self._written, list(self._batch.values())
+                self._written, self._batch = None, {}
+                try:
+                    await self.store.save_agents(batch)
+                except Exception as e:
+                    # Known in memory already: the next working flush saves them.
+                    self._dirty.update(a.id for a in batch)
+                    done.set_exception(e)
+                    done.exception()  # retrieved: the registrations waiting answer with it
+                else:
+                    self._dirty.difference_update(a.id for a in batch)
+                    done.set_result(None)
         finally:
-            done.cancel()  # a no-op once settled; cancelled with the coordinator otherwise
+            self._writing = False
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> Agent | None:
         a = self.agents.get(agent_id)
