@@ -18,9 +18,9 @@ encoded once, for all subscribers) — so what it sends is always the latest sta
   second, about 1.4 MB/s) a dashboard gets each agent's figures every ~15 s instead.
 
 Memory per subscriber is bounded by the number of objects, whatever the reader's speed. A
-reader stuck writing (a client that reads nothing) is dropped once the changes offered to it
-since it last took a message pass ``MAX_UNREAD_BYTES``: its connection is closed, and its
-browser's EventSource reconnects and reloads the state.
+reader that takes nothing (a client that reads nothing) is dropped once the changes offered
+to it since it last took a message pass ``MAX_UNREAD_BYTES``: its connection is closed, and
+its browser's EventSource reconnects and reloads the state.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ COALESCE_S = 1.0
 FIGURES_BYTES_PER_S = 100_000
 """What heartbeat figures alone may cost a subscriber per second."""
 MAX_UNREAD_BYTES = 8 << 20
-"""Changes offered to a reader stuck writing, past which it is dropped."""
+"""Changes offered to a reader since it last took a message, past which it is dropped."""
 
 Key = tuple[str, str]
 Signature = tuple[Any, ...]
@@ -89,7 +89,6 @@ class _Subscriber:
         "now",
         "on_drop",
         "paced",
-        "reading",
         "ready",
     )
 
@@ -112,8 +111,6 @@ class _Subscriber:
         self.budget_at = at
         self.ready = asyncio.Event()
         self.closed = False
-        self.reading = False
-        """The reader waits for a message (it is not stuck writing the last one)."""
         self.behind = 0
         """Bytes of changes offered since the reader last took a message."""
         self.on_drop = on_drop
@@ -148,12 +145,11 @@ class EventBus:
             return
         msg = self._encode(kind, obj)
         for sub in list(self._subs):
-            if not sub.reading:
-                sub.behind += len(msg)
-                if sub.behind > self._max:
-                    self._drop(sub)
-                    continue
-            self._offer(sub, key, msg, sig)
+            sub.behind += len(msg)
+            if sub.behind > self._max:
+                self._drop(sub)
+            else:
+                self._offer(sub, key, msg, sig)
 
     def _offer(self, sub: _Subscriber, key: Key, msg: bytes, sig: Signature | None) -> None:
         if sig is None or key in sub.now:
@@ -242,29 +238,26 @@ class EventBus:
         return Subscription(self, sub)
 
     async def _next(self, sub: _Subscriber) -> bytes | None:
-        sub.reading, sub.behind = True, 0
-        try:
-            while not sub.closed:
-                next_at = None if sub.now else self._release(sub, self._clock())
-                if not sub.now:
-                    sub.ready.clear()
-                    timeout = None if next_at is None else max(0.0, next_at - self._clock())
-                    try:
-                        await asyncio.wait_for(sub.ready.wait(), timeout)
-                    except asyncio.TimeoutError:
-                        pass
-                    continue
-                key, (msg, sig) = next(iter(sub.now.items()))
-                del sub.now[key]
-                if sig is not None:
-                    last = sub.last.get(key[1])
-                    if last is not None and last[1] == sig:
-                        sub.budget -= len(msg)
-                    sub.last[key[1]] = (self._clock(), sig)
-                return msg
-            return None
-        finally:
-            sub.reading = False
+        while not sub.closed:
+            next_at = None if sub.now else self._release(sub, self._clock())
+            if not sub.now:
+                sub.ready.clear()
+                timeout = None if next_at is None else max(0.0, next_at - self._clock())
+                try:
+                    await asyncio.wait_for(sub.ready.wait(), timeout)
+                except asyncio.TimeoutError:
+                    pass
+                continue
+            key, (msg, sig) = next(iter(sub.now.items()))
+            del sub.now[key]
+            if sig is not None:
+                last = sub.last.get(key[1])
+                if last is not None and last[1] == sig:
+                    sub.budget -= len(msg)
+                sub.last[key[1]] = (self._clock(), sig)
+            sub.behind = 0
+            return msg
+        return None
 
     def close_all(self) -> None:
         """Ends every subscription, so shutdown does not wait on open SSE streams."""
