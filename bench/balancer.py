@@ -15,11 +15,14 @@ import argparse
 import random
 import time
 from collections import deque
+from typing import cast
 
+from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.plugins import load_plugin
+from fleetd.core.store import Store
 from fleetd.core.wire import Agent
 
 MODEL = "gpt-oss:20b"
@@ -59,7 +62,8 @@ def run_pool(name: str, n: int, picks: int, in_flight: int, hb_every: int) -> tu
 def run_gateway(name: str, n: int, picks: int, in_flight: int) -> float:
     """µs per pick + start + end through the pools, as a request pays for it."""
     cls = load_plugin("fleetd.balancer", name, "coordinator.balancer")
-    gw = Pools([MODEL], {}, cls, Metrics(), {})
+    inventory = Inventory(cast(Store, None))  # in memory only: never flushed here
+    gw = Pools([MODEL], {}, cls, Metrics(), inventory)
     for i in range(n):
         gw.agent_changed(Agent(id=f"agent-{i:05d}", name="a", url="http://x", initializing=False))
     running: deque[str] = deque()

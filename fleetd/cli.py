@@ -30,23 +30,23 @@ async def run_coordinator(config: Config) -> int:
 
 async def run_agent(config: Config) -> int:
     from fleetd.agent.app import advertise, build_app
-    from fleetd.agent.runtime import RUNTIME
+    from fleetd.agent.runtime import STOP
 
     app = await build_app(config)
-    rt = app[RUNTIME]
+    stop = app[STOP]
 
     async def started(url: str) -> None:
-        advertise(rt, url)
+        advertise(app, url)
 
     code = await serve(
         app,
         config.agent.listen,
         "agent",
         on_started=started,
-        stop=rt.stop,
+        stop=stop.event,
         keepalive_timeout_s=config.agent.keepalive_timeout_s,
     )
-    return rt.exit_code or code
+    return stop.exit_code or code
 
 
 def start(role: str, config: Config) -> int:

@@ -55,6 +55,8 @@ class CoordinatorConfig(_Section):
     balancer: str = "least-busy"
     queue_limit: int = 1024
     queue_timeout_s: float = 30.0
+    max_requests_per_agent: int = 0
+    """0: no cap. Else requests beyond it wait in the gate, served round-robin across keys."""
     catalog: str = "ollama-library"
     library_url: str = "https://ollama.com"
     registry_url: str = "https://registry.ollama.ai"
@@ -171,6 +173,11 @@ def validate(cfg: Config) -> Config:
     _positive("coordinator.heartbeat_timeout_s", c.heartbeat_timeout_s)
     _positive("coordinator.queue_timeout_s", c.queue_timeout_s)
     _positive("coordinator.catalog_refresh_s", c.catalog_refresh_s)
+    if c.max_requests_per_agent < 0:
+        raise ConfigError(
+            "coordinator.max_requests_per_agent: expected an integer >= 0 (0: no cap), "
+            f"got {c.max_requests_per_agent}"
+        )
     _positive("coordinator.keepalive_timeout_s", c.keepalive_timeout_s)
     _positive("agent.keepalive_timeout_s", a.keepalive_timeout_s)
     if c.queue_limit < 0:

@@ -19,6 +19,7 @@ import msgspec
 
 from fleetd.config import ConfigError, check_database_url, redact_url
 from fleetd.core.errors import StartupError
+from fleetd.core.keystore import KEY_COLUMNS, USAGE_COLUMNS
 from fleetd.core.store import SqliteStore
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -27,6 +28,8 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "installed": ("agent_id", "model", "data"),
     "installed_as_of": ("agent_id", "as_of"),
     "kv": ("key", "value"),
+    "api_keys": KEY_COLUMNS,
+    "key_usage": USAGE_COLUMNS,
 }
 
 

@@ -51,6 +51,10 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
             "coordinator.heartbeat_timeout_s: expected a number > 0",
         ),
         (
+            "[coordinator]\nmax_requests_per_agent = -2",
+            "coordinator.max_requests_per_agent: expected an integer >= 0",
+        ),
+        (
             '[coordinator]\ndatabase_url = "mysql://u:hunter2@db/fleet"',
             "coordinator.database_url: expected a postgresql:// URL (or empty for SQLite in "
             "data_dir), got 'mysql://u:***@db/fleet'",

@@ -1,7 +1,9 @@
 """The agent's inference surface on its single port: OpenAI's ``/v1`` and Ollama's native API,
-routed to the local Ollama server(s) (spec A1–A3).
+routed to the local Ollama server(s), so a client can talk to one agent as to Ollama itself.
 
-Residency comes first (``ollama.md``, "Keeping a model resident"): a supported model that is
+Residency comes first: Ollama unloads a model when VRAM runs short or when a request's
+``keep_alive`` (five minutes by default) runs out, and the first request after that waits for
+the load. So a supported model that is
 not loaded is loaded here with ``keep_alive: -1`` before the request goes on, and a native
 request's own ``keep_alive`` for a supported model is rewritten to -1, so inference traffic
 never shortens or ends a supported model's residency. Other models pass untouched. A model
@@ -14,19 +16,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import msgspec
 from aiohttp import web
 
-from fleetd.agent.runtime import RUNTIME, Runtime
+from fleetd.agent.ollamas import OLLAMAS, LocalOllamas, LocalServer
+from fleetd.agent.runtime import IN_FLIGHT, SUPPORTED
 from fleetd.core import proxy
-from fleetd.core.background import background
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, Head, decode_head, json_response, request_model
-from fleetd.core.ollama import Ollama, OllamaError
+from fleetd.core.ollama import OllamaError
 from fleetd.core.server import SHUTDOWN_TIMEOUT_S
 
 log = logging.getLogger("fleetd.agent.inference")
@@ -49,92 +49,20 @@ _head = msgspec.json.Decoder(Head)
 _native_head = msgspec.json.Decoder(_NativeHead)
 
 
-class Server:
-    """One local Ollama server, with what it has loaded when the agent fronts several."""
-
-    def __init__(self, ollama: Ollama) -> None:
-        self.ollama = ollama
-        self.url = ollama.url
-        self.in_flight = 0
-        self.loaded: frozenset[str] = frozenset()
-
-
-class Upstreams:
-    """The local Ollama servers and the per-model load locks (one load at a time per model)."""
-
-    def __init__(self, rt: Runtime, session: aiohttp.ClientSession) -> None:
-        self.rt = rt
-        self.servers = [Server(Ollama(session, s.url)) for s in rt.config.ollama]
-        self._locks: dict[str, asyncio.Lock] = {}
-        self.flights: set[proxy.Flight] = set()
-        self.stopping = False
-        self._idle = asyncio.Event()
-
-    async def stop(self, grace_s: float) -> None:
-        """On shutdown: requests in flight get ``grace_s`` to finish, then end with an error
-        saying the agent is stopping (not that Ollama failed); new ones get 503."""
-        self.stopping = True
-        if not self.flights:
-            return
-        try:
-            await asyncio.wait_for(self._idle.wait(), grace_s)
-            return
-        except asyncio.TimeoutError:
-            pass
-        log.warning("ending %d request(s) in flight: the agent is stopping", len(self.flights))
-        error = proxy.ShuttingDown(STOPPING)
-        for flight in list(self.flights):
-            flight.abort(error)
-
-    def landed(self, flight: proxy.Flight) -> None:
-        self.flights.discard(flight)
-        if self.stopping and not self.flights:
-            self._idle.set()
-
-    def for_model(self, model: str) -> list[Server]:
-        """Servers to try, best first: those with ``model`` loaded, least busy first."""
-        if len(self.servers) == 1:
-            return self.servers
-        return sorted(self.servers, key=lambda s: (model not in s.loaded, s.in_flight))
-
-    async def refresh(self) -> None:
-        """What each server has loaded (only needed to choose among several)."""
-        for s in self.servers:
-            try:
-                s.loaded = frozenset(m.name or m.model for m in await s.ollama.ps())
-            except OllamaError as e:
-                log.debug("%s", e)
-                s.loaded = frozenset()
-
-    async def ensure_loaded(self, model: str) -> None:
-        """Load a supported model with ``keep_alive: -1`` unless it is known to be resident."""
-        lock = self._locks.setdefault(model, asyncio.Lock())
-        async with lock:
-            if model in self.rt.readiness.loaded:
-                return
-            last: OllamaError | None = None
-            for s in self.for_model(model):
-                try:
-                    await s.ollama.load(model, -1)
-                except OllamaError as e:
-                    last = e
-                    continue
-                s.loaded = s.loaded | {model}
-                self.rt.readiness.loaded.add(model)
-                self.rt.changed.set()
-                return
-        assert last is not None
-        if last.status == 404:
+async def _ensure_loaded(ollamas: LocalOllamas, model: str) -> None:
+    """Load a supported model for good before its request goes on; a model not downloaded
+    here yet is 503 with Retry-After (the coordinator sends such an agent nothing for it)."""
+    try:
+        await ollamas.ensure_loaded(model)
+    except OllamaError as e:
+        if e.status == 404:
             raise ApiError(
                 503,
                 "models_starting",
                 f"model {model} is not downloaded on this agent yet; retry later",
                 headers={"Retry-After": str(STARTING_RETRY_AFTER_S)},
-            )
-        raise ApiError(502, "ollama_unavailable", f"cannot load {model}: {last}")
-
-
-UPSTREAMS = web.AppKey("upstreams", Upstreams)
+            ) from None
+        raise ApiError(502, "ollama_unavailable", f"cannot load {model}: {e}") from None
 
 
 def _resident_forever(body: bytes) -> bytes:
@@ -144,23 +72,22 @@ def _resident_forever(body: bytes) -> bytes:
     return msgspec.json.encode(obj)
 
 
-async def _forward(request: web.Request, body: bytes, servers: list[Server]) -> web.StreamResponse:
+async def _forward(
+    request: web.Request, body: bytes, servers: list[LocalServer]
+) -> web.StreamResponse:
     """Send the request to the first server that answers; relay its reply as it streams."""
-    rt = request.app[RUNTIME]
-    ups = request.app[UPSTREAMS]
-    if ups.stopping:
+    in_flight = request.app[IN_FLIGHT]
+    if in_flight.stopping:
         raise proxy.shutting_down(STOPPING)
     session = request.app[CLIENT]
     headers = proxy.request_headers(request.headers)
     failure = ""
-    rt.in_flight += 1
     flight = proxy.Flight(asyncio.current_task())
-    ups.flights.add(flight)
+    in_flight.took_off(flight)
     try:
         for s in servers[:2]:
             what = f"Ollama {s.url}"
-            s.in_flight += 1
-            try:
+            with s.serving():
                 try:
                     upstream = await session.request(
                         request.method,
@@ -190,11 +117,8 @@ async def _forward(request: web.Request, body: bytes, servers: list[Server]) -> 
                     else:
                         upstream.close()
                 return resp
-            finally:
-                s.in_flight -= 1
     finally:
-        rt.in_flight -= 1
-        ups.landed(flight)
+        in_flight.landed(flight)
     raise ApiError(502, "ollama_unavailable", failure)
 
 
@@ -203,11 +127,10 @@ async def infer_openai(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     head = decode_head(_head, body)
     model = request_model(head.model or head.name)
-    rt = request.app[RUNTIME]
-    ups = request.app[UPSTREAMS]
-    if model in rt.supported_models and model not in rt.readiness.loaded:
-        await ups.ensure_loaded(model)
-    return await _forward(request, body, ups.for_model(model))
+    ollamas = request.app[OLLAMAS]
+    if model in request.app[SUPPORTED]:
+        await _ensure_loaded(ollamas, model)
+    return await _forward(request, body, ollamas.for_model(model))
 
 
 async def infer_native(request: web.Request) -> web.StreamResponse:
@@ -215,21 +138,19 @@ async def infer_native(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     head = decode_head(_native_head, body)
     model = request_model(head.model or head.name)
-    rt = request.app[RUNTIME]
-    ups = request.app[UPSTREAMS]
-    if model in rt.supported_models:
+    ollamas = request.app[OLLAMAS]
+    if model in request.app[SUPPORTED]:
         if head.keep_alive is not msgspec.UNSET and head.keep_alive != -1:
             body = _resident_forever(body)
-        if model not in rt.readiness.loaded:
-            await ups.ensure_loaded(model)
-    return await _forward(request, body, ups.for_model(model))
+        await _ensure_loaded(ollamas, model)
+    return await _forward(request, body, ollamas.for_model(model))
 
 
 async def show_model(request: web.Request) -> web.StreamResponse:
     body = await request.read()
     head = decode_head(_head, body)
     model = request_model(head.model or head.name)
-    return await _forward(request, body, request.app[UPSTREAMS].for_model(model))
+    return await _forward(request, body, request.app[OLLAMAS].for_model(model))
 
 
 for _path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"):
@@ -241,7 +162,7 @@ routes.post("/api/show")(show_model)
 
 @routes.get("/api/version")
 async def ollama_version(request: web.Request) -> web.StreamResponse:
-    return await _forward(request, b"", request.app[UPSTREAMS].servers)
+    return await _forward(request, b"", request.app[OLLAMAS].servers)
 
 
 class _Listing(msgspec.Struct):
@@ -250,12 +171,12 @@ class _Listing(msgspec.Struct):
 
 async def _merged(request: web.Request) -> web.StreamResponse:
     """One server: its reply as is. Several: their lists merged, first server first."""
-    ups = request.app[UPSTREAMS]
-    if len(ups.servers) == 1:
-        return await _forward(request, b"", ups.servers)
+    servers = request.app[OLLAMAS].servers
+    if len(servers) == 1:
+        return await _forward(request, b"", servers)
     session = request.app[CLIENT]
     merged: dict[str, dict[str, Any]] = {}
-    for s in ups.servers:
+    for s in servers:
         try:
             async with session.get(s.url + request.path, timeout=proxy.TIMEOUT) as r:
                 body = await r.read()
@@ -272,9 +193,8 @@ routes.get("/api/tags")(_merged)
 routes.get("/api/ps")(_merged)
 
 
-def _entry(rt: Runtime, name: str) -> dict[str, Any]:
-    r = rt.readiness
-    downloaded, loaded = name in r.downloaded, name in r.loaded
+def _entry(ollamas: LocalOllamas, name: str) -> dict[str, Any]:
+    downloaded, loaded = ollamas.is_installed(name), ollamas.is_resident(name)
     return {
         "id": name,
         "object": "model",
@@ -288,37 +208,21 @@ def _entry(rt: Runtime, name: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    """Exactly the coordinator's supported list, each with this agent's readiness (spec A4)."""
-    rt = request.app[RUNTIME]
-    return json_response({"object": "list", "data": [_entry(rt, m) for m in rt.supported_models]})
+    """Exactly the coordinator's supported list, each with this agent's readiness: a client
+    asking one agent sees what the fleet serves and whether this agent can serve it now."""
+    ollamas = request.app[OLLAMAS]
+    models = request.app[SUPPORTED].models
+    return json_response({"object": "list", "data": [_entry(ollamas, m) for m in models]})
 
 
 @routes.get("/v1/models/{model:.+}")
 async def get_model(request: web.Request) -> web.Response:
-    rt = request.app[RUNTIME]
     name = request.match_info["model"]
-    if name not in rt.supported_models:
+    if name not in request.app[SUPPORTED]:
         raise not_found(f"model {name!r} is not a supported model", code="model_not_found")
-    return json_response(_entry(rt, name))
-
-
-async def run_upstreams(app: web.Application) -> AsyncIterator[None]:
-    """Upstreams, and with several servers a refresh of what each has loaded."""
-    rt = app[RUNTIME]
-    ups = app[UPSTREAMS] = Upstreams(rt, app[CLIENT])
-    if len(ups.servers) == 1:
-        yield
-        return
-
-    async def refresh_forever() -> None:
-        while True:
-            await ups.refresh()
-            await asyncio.sleep(rt.config.residency_check_s or rt.config.heartbeat_interval_s)
-
-    async with background(refresh_forever(), "upstreams-refresh"):
-        yield
+    return json_response(_entry(request.app[OLLAMAS], name))
 
 
 async def stop_serving(app: web.Application) -> None:
     """on_shutdown: let requests in flight finish for a while, then end them saying why."""
-    await app[UPSTREAMS].stop(SHUTDOWN_TIMEOUT_S)
+    await app[IN_FLIGHT].stop(SHUTDOWN_TIMEOUT_S, STOPPING)

@@ -11,18 +11,18 @@ import logging
 import os
 import socket
 import time
-from collections.abc import AsyncIterator
 
 import aiohttp
 import msgspec
-from aiohttp import web
 
 from fleetd import __version__
-from fleetd.agent.runtime import RUNTIME, Runtime
-from fleetd.core.background import background
+from fleetd.agent.ollamas import LocalOllamas
+from fleetd.agent.readiness import Readiness
+from fleetd.agent.runtime import CoordinatorMirror, Identity, InFlight, Stop, SupportedModels
+from fleetd.agent.signals import Wakeup
+from fleetd.config import AgentConfig
 from fleetd.core.gpu import Gpu, GpuProbe
-from fleetd.core.http import CLIENT
-from fleetd.core.ollama import Ollama, OllamaError, error_message
+from fleetd.core.ollama import OllamaError, error_message
 from fleetd.core.wire import (
     MESSAGE_MAX,
     Heartbeat,
@@ -34,7 +34,6 @@ from fleetd.core.wire import (
 
 log = logging.getLogger("fleetd.agent.link")
 
-GPU_PROBE = web.AppKey("gpu_probe", GpuProbe)
 EXIT_NO_GPU = 3
 TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 
@@ -80,19 +79,40 @@ def _memory_percent() -> float | None:
 
 
 class Link:
-    def __init__(self, rt: Runtime, session: aiohttp.ClientSession, probe: GpuProbe) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        config: AgentConfig,
+        session: aiohttp.ClientSession,
+        probe: GpuProbe,
+        *,
+        identity: Identity,
+        supported: SupportedModels,
+        ollamas: LocalOllamas,
+        readiness: Readiness,
+        in_flight: InFlight,
+        mirror: CoordinatorMirror,
+        stop: Stop,
+    ) -> None:
+        self.config = config
         self.session = session
         self.probe = probe
-        self.base = rt.config.coordinator_url
+        self.identity = identity
+        self.supported = supported
+        self.ollamas = ollamas
+        self.readiness = readiness
+        self.in_flight = in_flight
+        self.mirror = mirror
+        self.stop = stop
+        self.base = config.coordinator_url
         self._cpu_prev: tuple[float, float] | None = None
-        self.ollamas = [Ollama(session, s.url) for s in rt.config.ollama]
+        self.wake = readiness.listen(Wakeup())
+        """Readiness changed: the next heartbeat goes out at once."""
 
     async def _post(self, path: str, payload: msgspec.Struct) -> RegistrationReply:
         async with self.session.post(
             self.base + path,
             data=msgspec.json.encode(payload),
-            headers={**self.rt.auth_headers(), "Content-Type": "application/json"},
+            headers={**self.identity.auth_headers(), "Content-Type": "application/json"},
             timeout=TIMEOUT,
         ) as r:
             body = await r.read()
@@ -101,17 +121,16 @@ class Link:
         return msgspec.json.decode(body, type=RegistrationReply)
 
     async def _installed(self) -> tuple[list[str], list[InstalledModel] | None]:
-        versions: list[str] = []
-        models: dict[str, InstalledModel] = {}
         try:
-            for o in self.ollamas:
-                versions.append(await o.version())
-                for m in await o.tags():
-                    models.setdefault(m.name, m)
+            versions = await self.ollamas.versions()
+        except OllamaError as e:
+            log.warning("%s", e)
+            return [], None
+        try:
+            return versions, await self.ollamas.installed()
         except OllamaError as e:
             log.warning("%s", e)
             return versions, None
-        return versions, list(models.values())
 
     def _load(self) -> tuple[float | None, float | None]:
         """CPU percent since the last call and memory percent; blocking /proc reads."""
@@ -134,14 +153,14 @@ class Link:
             gpus = await self.probe.probe()
             versions, models = await self._installed()
             reg = Registration(
-                name=self.rt.name,
-                url=self.rt.url,
+                name=self.identity.name,
+                url=self.identity.url,
                 gpus=[Gpu(name=g.name, memory_bytes=g.memory_bytes) for g in gpus],
-                instance_id=self.rt.instance_id,
+                instance_id=self.identity.instance_id,
                 version=__version__,
                 ollama_versions=versions,
                 models=models,
-                heartbeat_interval_s=self.rt.config.heartbeat_interval_s,
+                heartbeat_interval_s=self.config.heartbeat_interval_s,
             )
             try:
                 reply = await self._post("/api/agents", reg)
@@ -152,7 +171,7 @@ class Link:
                         self.probe.name,
                         e,
                     )
-                    self.rt.fail(EXIT_NO_GPU)
+                    self.stop.fail(EXIT_NO_GPU)
                     return
                 log.warning(
                     "registration at %s refused (HTTP %d): %s; retrying in %.0fs",
@@ -169,45 +188,42 @@ class Link:
                     delay,
                 )
             else:
-                self.rt.agent_id = reply.id
-                self.rt.mirror_url = self.base if reply.mirror else ""
-                self.rt.mirror_known.set()
-                await self.rt.set_supported(reply.supported_models)
-                log.info("registered with %s as agent %s (%s)", self.base, reply.id, self.rt.name)
+                self.identity.registered(reply.id)
+                self.mirror.heard(self.base if reply.mirror else "")
+                await self.supported.update(reply.supported_models)
+                log.info(
+                    "registered with %s as agent %s (%s)", self.base, reply.id, self.identity.name
+                )
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
 
     async def heartbeat_once(self) -> None:
-        rt = self.rt
+        r = self.readiness
         gpus = await self.probe.probe()
         cpu, mem = await asyncio.to_thread(self._load)
         hb = Heartbeat(
-            initializing=rt.initializing,
-            ready_models=rt.readiness.ready(rt.supported_models),
-            total_models=len(rt.supported_models),
-            requests_in_flight=rt.in_flight,
+            initializing=r.initializing,
+            ready_models=r.ready(),
+            total_models=len(self.supported.models),
+            requests_in_flight=self.in_flight.count,
             gpus=gpus or None,
             cpu_percent=cpu,
             memory_percent=mem,
-            status_message=clip(rt.readiness.message, MESSAGE_MAX),
-            loaded_models=sorted(rt.readiness.loaded),
+            status_message=clip(r.message, MESSAGE_MAX),
+            loaded_models=sorted(r.loaded()),
         )
-        reply = await self._post(f"/api/agents/{rt.agent_id}/heartbeat", hb)
-        rt.mirror_url = self.base if reply.mirror else ""
-        await rt.set_supported(reply.supported_models)
+        reply = await self._post(f"/api/agents/{self.identity.agent_id}/heartbeat", hb)
+        self.mirror.heard(self.base if reply.mirror else "")
+        await self.supported.update(reply.supported_models)
 
     async def run(self) -> None:
-        await self.rt.bound.wait()
+        await self.identity.advertised()
         await self.register()
-        interval = self.rt.config.heartbeat_interval_s
+        interval = self.config.heartbeat_interval_s
         failing_since: float | None = None
-        while not self.rt.stop.is_set():
-            try:
-                await asyncio.wait_for(self.rt.changed.wait(), timeout=interval)
-            except asyncio.TimeoutError:
-                pass
-            self.rt.changed.clear()
+        while not self.stop.event.is_set():
+            await self.wake.wait(interval)
             try:
                 await self.heartbeat_once()
                 if failing_since is not None:
@@ -216,7 +232,8 @@ class Link:
             except _Rejected as e:
                 if e.status == 404:
                     log.warning(
-                        "coordinator does not know agent %s; registering again", self.rt.agent_id
+                        "coordinator does not know agent %s; registering again",
+                        self.identity.agent_id,
                     )
                     await self.register()
                 else:
@@ -233,9 +250,3 @@ class Link:
 
 def default_name() -> str:
     return os.environ.get("HOSTNAME") or socket.gethostname()
-
-
-async def run_link(app: web.Application) -> AsyncIterator[None]:
-    link = Link(app[RUNTIME], app[CLIENT], app[GPU_PROBE])
-    async with background(link.run(), "agent-link"):
-        yield

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from fleetd.agent.downloads import DOWNLOADS
+from fleetd.agent.download_queue import DOWNLOADS
+from fleetd.agent.ollamas import OLLAMAS
 from fleetd.agent.status_api import require_coordinator
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
@@ -35,7 +36,7 @@ async def list_orders(request: web.Request) -> web.Response:
     dl = request.app[DOWNLOADS]
     return json_response(
         {
-            "max_concurrent_downloads": dl.rt.config.max_concurrent_downloads,
+            "max_concurrent_downloads": dl.config.max_concurrent_downloads,
             "tasks": [e.update() for e in dl.entries.values()],
         }
     )
@@ -55,7 +56,7 @@ async def installed_models(request: web.Request) -> web.Response:
     """What the local Ollama server(s) have installed, straight from ``/api/tags``."""
     require_coordinator(request)
     try:
-        models = await request.app[DOWNLOADS].installed()
+        models = await request.app[OLLAMAS].installed()
     except OllamaError as e:
         raise ApiError(502, "ollama_unreachable", str(e)) from None
     return json_response(ModelList(models=models))

@@ -11,22 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Protocol, TypeVar
 
-from fleetd.core.ollama import Ollama
 
-
-class Server:
-    """One configured Ollama server and the directory whose free space its pulls consume."""
-
-    def __init__(self, ollama: Ollama, models_dir: Path) -> None:
-        self.ollama = ollama
-        self.models_dir = models_dir
+class Candidate(Protocol):
+    """A server as placement sees it: its URL and the directory its pulls fill."""
 
     @property
-    def url(self) -> str:
-        return self.ollama.url
+    def url(self) -> str: ...
+
+    @property
+    def models_dir(self) -> Path: ...
+
+
+S = TypeVar("S", bound=Candidate)
 
 
 class NoRoom(Exception):
@@ -51,7 +51,7 @@ def human(n: float) -> str:
 
 
 async def choose(
-    servers: list[Server],
+    servers: Sequence[S],
     model: str,
     need: int,
     margin: int,
@@ -59,7 +59,7 @@ async def choose(
     pinned: str,
     models_on: Mapping[str, set[str]],
     supported: list[str],
-) -> Server:
+) -> S:
     """The server for ``model``: ``pinned`` (a URL) when set, as a resumed download must go
     back to its partial. ``models_on`` maps each reachable server's URL to the models it has
     or is downloading; unreachable servers are not candidates."""

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 import aiohttp
 import msgspec
 
-from fleetd.agent.runtime import Runtime
+from fleetd.agent.download_entry import REPORT_INTERVAL_S
+from fleetd.agent.download_queue import DownloadQueue
+from fleetd.agent.ollamas import LocalOllamas
+from fleetd.agent.runtime import Identity
+from fleetd.agent.signals import Wakeup
+from fleetd.config import AgentConfig
 from fleetd.core.ollama import OllamaError
 from fleetd.core.wire import InstalledModel, ProgressReply, ProgressReport
 
-if TYPE_CHECKING:
-    from fleetd.agent.downloads import Downloads
-
 log = logging.getLogger("fleetd.agent.progress")
 
-REPORT_INTERVAL_S = 0.5
-"""Progress goes to the coordinator this often while a download runs (the promise is 1 s)."""
 REPORT_TIMEOUT = aiohttp.ClientTimeout(total=10, connect=5)
 
 
@@ -34,37 +33,45 @@ class Refused(Exception):
 
 
 class Reporter:
-    def __init__(self, rt: Runtime, session: aiohttp.ClientSession, dl: Downloads) -> None:
-        self.rt = rt
+    def __init__(
+        self,
+        config: AgentConfig,
+        session: aiohttp.ClientSession,
+        identity: Identity,
+        dl: DownloadQueue,
+        ollamas: LocalOllamas,
+    ) -> None:
+        self.config = config
         self.session = session
+        self.identity = identity
         self.dl = dl
+        self.ollamas = ollamas
+        self.wake = dl.urgent.listen(Wakeup())
+        self.models_due = ollamas.installed_changed.listen(Wakeup(pending=True))
+        """The installed models changed since the coordinator last heard of them (and it
+        has not heard of them at all yet)."""
 
     async def run(self) -> None:
         failing = False
         while True:
-            try:
-                await asyncio.wait_for(self.dl.report_now.wait(), timeout=REPORT_INTERVAL_S)
-            except asyncio.TimeoutError:
-                pass
-            self.dl.report_now.clear()
-            if self.rt.agent_id is None:
+            await self.wake.wait(REPORT_INTERVAL_S)
+            if self.identity.agent_id is None:
                 continue  # not registered yet: nobody to report to
             sent, updates = self.dl.unreported()
             models: list[InstalledModel] | None = None
-            if self.dl.models_changed:
-                self.dl.models_changed = False
+            if self.models_due.take():
                 try:
-                    models = await self.dl.installed()
+                    models = await self.ollamas.installed()
                 except OllamaError as err:
                     log.warning("%s", err)
-                    self.dl.models_changed = True
+                    self.models_due.set()
             if not updates and models is None:
                 continue
             try:
                 reply = await self._post(ProgressReport(tasks=updates, models=models))
             except (aiohttp.ClientError, asyncio.TimeoutError, Refused) as err:
                 if models is not None:
-                    self.dl.models_changed = True
+                    self.models_due.set()
                 if not failing:
                     log.warning(
                         "progress report to the coordinator failed: %s", err or type(err).__name__
@@ -79,11 +86,11 @@ class Reporter:
                 self.dl.cancel(task_id)
 
     async def _post(self, report: ProgressReport) -> ProgressReply:
-        url = f"{self.rt.config.coordinator_url}/api/agents/{self.rt.agent_id}/progress"
+        url = f"{self.config.coordinator_url}/api/agents/{self.identity.agent_id}/progress"
         async with self.session.post(
             url,
             data=msgspec.json.encode(report),
-            headers={**self.rt.auth_headers(), "Content-Type": "application/json"},
+            headers={**self.identity.auth_headers(), "Content-Type": "application/json"},
             timeout=REPORT_TIMEOUT,
         ) as r:
             body = await r.read()

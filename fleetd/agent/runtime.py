@@ -1,4 +1,9 @@
-"""The agent's shared state: identity, what the coordinator asked of it, and how ready it is."""
+"""The agent's small shared objects, one job each: who it is (``Identity``), which models the
+coordinator wants it to serve (``SupportedModels``), how many requests it is serving
+(``InFlight``), whether the coordinator's mirror is on (``CoordinatorMirror``) and how it ends
+(``Stop``). Each is built once in ``build_app`` and handed to
+the parts that need it; the parts tell each other news through ``signals``.
+"""
 
 from __future__ import annotations
 
@@ -11,73 +16,124 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fleetd.config import AgentConfig
+from fleetd.agent.signals import Notice
+from fleetd.core import proxy
 from fleetd.core.tokens import private_dir
 
 log = logging.getLogger("fleetd.agent")
 
 
-class Readiness:
-    """Filled by the residency keeper; read by heartbeats and ``/v1/models``."""
+class Identity:
+    """Who this agent is: the instance id it keeps in ``data_dir``, its name and token, the
+    URL it is reached at (known once it listens) and the id the coordinator gave it."""
 
-    def __init__(self) -> None:
-        self.downloaded: set[str] = set()
-        self.loaded: set[str] = set()
-        self.message = ""
-
-    def ready(self, supported: list[str]) -> int:
-        return sum(1 for m in supported if m in self.downloaded and m in self.loaded)
-
-
-class Runtime:
-    def __init__(self, config: AgentConfig, agent_token: str, data_dir: Path) -> None:
-        self.config = config
+    def __init__(self, instance_id: str, name: str, agent_token: str, advertise_url: str) -> None:
+        self.instance_id = instance_id
+        self.name = name
         self.agent_token = agent_token
-        self.data_dir = data_dir
-        self.instance_id = ""
-        self.agent_id: str | None = None
+        self._configured_url = advertise_url
         self.url = ""
-        self.name = config.name
-        self.supported_models: list[str] = []
-        self.mirror_url = ""
-        """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
-        self.mirror_known = asyncio.Event()
-        """Set once a coordinator's reply said whether its mirror is on."""
-        self.readiness = Readiness()
-        self._ready_once = False
-        self.in_flight = 0
-        self.bound = asyncio.Event()
-        self.stop = asyncio.Event()
-        self.exit_code = 0
-        self.changed = asyncio.Event()
-        """Set when readiness changes, so the next heartbeat goes out at once."""
-        self.supported_changed: list[asyncio.Event] = []
+        self.agent_id: str | None = None
+        """None until the coordinator accepted a registration."""
+        self._advertised = asyncio.Event()
 
-    @property
-    def initializing(self) -> bool:
-        """Not yet ready once (every supported model downloaded and resident). Once ready,
-        the agent keeps serving the models it has while it fetches another (a re-download,
-        a newly supported model): the coordinator routes per model."""
-        if not self._ready_once:
-            total = len(self.supported_models)
-            self._ready_once = total > 0 and self.readiness.ready(self.supported_models) >= total
-        return not self._ready_once
+    def advertise(self, bound_url: str) -> None:
+        """The URL the coordinator will use: ``agent.advertise_url``, else where it listens."""
+        self.url = self._configured_url or bound_url
+        self._advertised.set()
+
+    async def advertised(self) -> None:
+        """Until the URL is known (registration must carry it)."""
+        await self._advertised.wait()
+
+    def registered(self, agent_id: str) -> None:
+        self.agent_id = agent_id
 
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.agent_token}"}
 
+
+class SupportedModels:
+    """The coordinator's supported list as last heard, kept in ``data_dir`` so that a restart
+    without the coordinator still knows what to keep loaded."""
+
+    def __init__(self, data_dir: Path, models: list[str]) -> None:
+        self.path = data_dir / "supported_models.json"
+        self.models = models
+        self.changed = Notice()
+
+    def __contains__(self, model: str) -> bool:
+        return model in self.models
+
+    async def update(self, models: list[str]) -> None:
+        if models != self.models:
+            self.models = list(models)
+            self.changed.fire()
+            await asyncio.to_thread(save_json, self.path, self.models)
+
+
+class CoordinatorMirror:
+    """Whether the coordinator's registry mirror is on, as its last reply said; pulls go
+    through it when it is (``via_mirror``)."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        """The coordinator whose registry mirror this agent's Ollama pulls through ("" = off)."""
+        self.known = asyncio.Event()
+        """Set once a coordinator's reply said whether its mirror is on."""
+
+    def heard(self, mirror_url: str) -> None:
+        self.url = mirror_url
+        self.known.set()
+
+
+class InFlight:
+    """Inference requests this agent is serving now: counted for heartbeats and
+    ``/fleetd/status``, and ended saying why when the agent stops."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.flights: set[proxy.Flight] = set()
+        self.stopping = False
+        self._idle = asyncio.Event()
+
+    def took_off(self, flight: proxy.Flight) -> None:
+        self.count += 1
+        self.flights.add(flight)
+
+    def landed(self, flight: proxy.Flight) -> None:
+        self.count -= 1
+        self.flights.discard(flight)
+        if self.stopping and not self.flights:
+            self._idle.set()
+
+    async def stop(self, grace_s: float, why: str) -> None:
+        """On shutdown: requests in flight get ``grace_s`` to finish, then end with ``why``
+        (not as if Ollama had failed); the caller refuses new ones once ``stopping``."""
+        self.stopping = True
+        if not self.flights:
+            return
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace_s)
+            return
+        except asyncio.TimeoutError:
+            pass
+        log.warning("ending %d request(s) in flight: the agent is stopping", len(self.flights))
+        error = proxy.ShuttingDown(why)
+        for flight in list(self.flights):
+            flight.abort(error)
+
+
+class Stop:
+    """The agent ends on SIGINT/SIGTERM (exit 0) or when a part cannot go on (its code)."""
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.exit_code = 0
+
     def fail(self, code: int) -> None:
         self.exit_code = code
-        self.stop.set()
-
-    async def set_supported(self, models: list[str]) -> None:
-        if models != self.supported_models:
-            self.supported_models = list(models)
-            for ev in self.supported_changed:
-                ev.set()
-            await asyncio.to_thread(
-                save_json, self.data_dir / "supported_models.json", self.supported_models
-            )
+        self.event.set()
 
 
 def save_json(path: Path, obj: object) -> None:
@@ -110,4 +166,7 @@ def load_identity(data_dir: Path) -> tuple[str, list[str]]:
     return instance_id, supported
 
 
-RUNTIME = web.AppKey("runtime", Runtime)
+IDENTITY = web.AppKey("identity", Identity)
+SUPPORTED = web.AppKey("supported", SupportedModels)
+IN_FLIGHT = web.AppKey("in_flight", InFlight)
+STOP = web.AppKey("stop", Stop)

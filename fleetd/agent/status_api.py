@@ -5,7 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from fleetd import __version__
-from fleetd.agent.runtime import RUNTIME
+from fleetd.agent.readiness import READINESS
+from fleetd.agent.runtime import IDENTITY, IN_FLIGHT, SUPPORTED
 from fleetd.core.http import json_response, require_token
 from fleetd.core.wire import AGENT_PREFIX
 
@@ -13,27 +14,28 @@ routes = web.RouteTableDef()
 
 
 def require_coordinator(request: web.Request) -> None:
-    require_token(request, request.app[RUNTIME].agent_token, "agent token")
+    require_token(request, request.app[IDENTITY].agent_token, "agent token")
 
 
 @routes.get(AGENT_PREFIX + "/status")
 async def agent_status(request: web.Request) -> web.Response:
     require_coordinator(request)
-    rt = request.app[RUNTIME]
+    identity, r = request.app[IDENTITY], request.app[READINESS]
+    supported = request.app[SUPPORTED].models
     return json_response(
         {
-            "agent_id": rt.agent_id,
-            "instance_id": rt.instance_id,
-            "name": rt.name,
+            "agent_id": identity.agent_id,
+            "instance_id": identity.instance_id,
+            "name": identity.name,
             "version": __version__,
-            "initializing": rt.initializing,
-            "ready_models": rt.readiness.ready(rt.supported_models),
-            "total_models": len(rt.supported_models),
-            "supported_models": rt.supported_models,
-            "downloaded": sorted(rt.readiness.downloaded),
-            "loaded": sorted(rt.readiness.loaded),
-            "status_message": rt.readiness.message,
-            "requests_in_flight": rt.in_flight,
+            "initializing": r.initializing,
+            "ready_models": r.ready(),
+            "total_models": len(supported),
+            "supported_models": supported,
+            "downloaded": sorted(r.downloaded()),
+            "loaded": sorted(r.loaded()),
+            "status_message": r.message,
+            "requests_in_flight": request.app[IN_FLIGHT].count,
         }
     )
 

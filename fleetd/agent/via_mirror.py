@@ -1,4 +1,6 @@
-"""Pulling through the coordinator's registry mirror (ollama.md, How Ollama downloads).
+"""Pulling through the coordinator's registry mirror. Ollama pulls a name of the form
+``host:port/namespace/model:tag`` from that host as from a registry (plain http with
+``insecure``), so a pull through the mirror needs no change to Ollama.
 
 With the mirror on, the agent reads the manifest (its disk check) from the coordinator and
 has its Ollama pull ``<coordinator host:port>/<namespace>/<model>:<tag>`` with ``insecure``,

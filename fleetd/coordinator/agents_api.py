@@ -9,6 +9,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.loops import refuse_self
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
@@ -81,8 +82,8 @@ async def register_agent(request: web.Request) -> web.Response:
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
         gpus = ...  # not even an object: read_json names the problem below
     if gpus is None or gpus == []:
-        # Decided before anything else is looked at: a host without a GPU is told so, not
-        # about some other flaw of its registration.
+        # Decided before anything else about the agent is looked at: a host without GPU
+        # learns that first, whatever else is wrong with it (docs/api.md, registration).
         raise ApiError(
             403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
         )
@@ -92,6 +93,9 @@ async def register_agent(request: web.Request) -> web.Response:
     await refuse_self(request, reg.url)
     supported = request.app[SETTINGS].supported_models
     agent = await request.app[REGISTRY].register(reg, total_models=len(supported))
+    if reg.models is not None:
+        # No await since register: the distribution's sync, started by it, sees this list.
+        request.app[INVENTORY].report(agent.id, reg.models)
     return _reply(agent, request)
 
 

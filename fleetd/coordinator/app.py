@@ -16,17 +16,20 @@ from fleetd.coordinator import (
     dashboard,
     events_api,
     inference_api,
+    keys_api,
     loops,
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
+from fleetd.coordinator.inventory import inventory_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.registry import run_registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import accounts_ctx
 from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
 from fleetd.core.events import EVENTS, events_ctx
@@ -79,9 +82,10 @@ async def build_app(config: Config) -> web.Application:
 
     Plugins are loaded (so validated) before anything is written, so a misspelt name leaves
     no trace; then ``data_dir`` and the tokens. Every resource opens in ``cleanup_ctx``, in
-    dependency order — store → event bus → HTTP client → throttle → registry → distribution →
-    gateway → catalog → mirror — and closes in reverse; when one fails to open, those before
-    it close again (``core/server.serve`` cleans up a failed start) and the error is one line.
+    dependency order — store → event bus → HTTP client → throttle → registry → inventory →
+    distribution → gateway → catalog → usage accounts → mirror — and closes in reverse; when
+    one fails to open, those before it close again (``core/server.serve`` cleans up a failed
+    start) and the error is one line.
     """
     c = config.coordinator
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
@@ -120,9 +124,11 @@ async def build_app(config: Config) -> web.Application:
             client_ctx(headers={loops.HEADER: self_id}),
             run_throttle,
             run_registry,
+            inventory_ctx,
             run_distribution,
             gateway_ctx(balancer),
             catalog_api.catalog_ctx(c, catalog),
+            accounts_ctx,
             mirror_ctx,
         ]
     )
@@ -133,6 +139,7 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(dashboard.routes)
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
+    app.router.add_routes(keys_api.routes)
     app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

@@ -3,8 +3,8 @@ cached in memory (warm answers are pre-encoded bytes) and in the database (they 
 restart), refreshed in the background once older than ``coordinator.catalog_refresh_s``.
 
 When the library cannot be read and no good copy is cached, the catalog is built from the
-models installed across the fleet, so the dashboard can still offer what the fleet already
-has: ``source: "fleet"``, ``degraded: true`` and the
+models installed across the fleet, so that operators still see (and can distribute) what the
+fleet holds while the library is down: ``source: "fleet"``, ``degraded: true`` and the
 ``reason``. A refresh that fails keeps the last good copy, marked ``stale`` with the reason.
 """
 
@@ -22,7 +22,7 @@ from aiohttp import web
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.auth import require_admin
-from fleetd.coordinator.distribution import DISTRIBUTION
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.core import names
 from fleetd.core.background import background
 from fleetd.core.catalog import (
@@ -45,8 +45,8 @@ routes = web.RouteTableDef()
 LIST_KEY = "catalog:list"
 MODEL_KEY = "catalog:model:"
 COLD_WAIT_S = 9.5
-"""A first request with nothing cached waits this long for the library: just under the 10 s
-a catalog request may take, so that a slow library still answers with the fleet fallback."""
+"""A first request with nothing cached waits this long for the library: the models page
+must load within 10 s, so past this it answers with the fleet's models instead."""
 RETRY_S = 60.0
 """After a failed read of the library, requests are answered from the fallback this long
 before one of them triggers the next attempt (a down library must not slow every request)."""
@@ -336,13 +336,13 @@ def catalog_ctx(
     settings: CoordinatorConfig, source_cls: Callable[..., Catalog]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
     """The cleanup_ctx entry for the catalog, with the plugin ``settings.catalog`` names
-    (loaded before start-up, so an unknown name fails it). After the distribution's entry."""
+    (loaded before start-up, so an unknown name fails it). After the inventory's entry."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
-        dist = app[DISTRIBUTION]
+        inventory = app[INVENTORY]
 
         def installed() -> Iterable[tuple[str, int]]:
-            return [(m.name, m.size) for models in dist.installed.values() for m in models.values()]
+            return [(m.name, m.size) for m in inventory.holdings()]
 
         source: Catalog = source_cls(
             session=app[CLIENT],

@@ -24,6 +24,8 @@ from prometheus_client import Counter, Histogram
 from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gate import STOPPING, Gate, stopping
+from fleetd.coordinator.inventory import INVENTORY
+from fleetd.coordinator.keys import CALLER
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.coordinator.registry import REGISTRY, Registry
@@ -84,9 +86,12 @@ class Gateway:
     # -- agents that fall silent -----------------------------------------------------------
 
     def agent_offline(self, a: Agent) -> None:
-        """Registry listener: end the requests still waiting on an agent that fell silent."""
+        """Registry listener: end the requests still waiting on an agent that fell silent.
+
+        Not while stopping: a stopping coordinator no longer hears heartbeats, so agents
+        "expire" through its own fault; ``stop`` ends those requests saying why."""
         flights = self._flights.get(a.id)
-        if flights:
+        if flights and not self.stopping:
             log.warning(
                 "agent %s (%s) offline: ending %d request(s) in flight on it",
                 a.name,
@@ -177,8 +182,10 @@ class Gateway:
         before the failure is relayed."""
         path = request.path
         started = time.monotonic()
+        caller = request.get(CALLER)
+        key = caller.id if caller is not None else ""
         try:
-            agent_id = await self.gate.acquire(model)
+            agent_id = await self.gate.acquire(model, key)
         except ApiError as e:
             self._count(path, e.code)
             raise
@@ -198,7 +205,7 @@ class Gateway:
                 if not retried:
                     next_id = self.pools.pick(model)
                     if next_id is None and self.gate.has_room():
-                        next_id = await self.gate.wait(model)
+                        next_id = await self.gate.wait(model, key)
                 if next_id is None:
                     self._count(path, "agent_failed")
                     if failure.reply is not None:
@@ -290,7 +297,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def gateway_ctx(
     balancer: Callable[[], Balancer],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx entry, after the distribution's (it reads what agents have installed)."""
+    """A cleanup_ctx entry, after the inventory's and the distribution's."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings, registry, metrics, dist = (
@@ -304,8 +311,9 @@ def gateway_ctx(
             registry.agents,
             balancer,
             metrics,
-            dist.installed,
+            app[INVENTORY],
             dist.tasks.values(),
+            settings.max_requests_per_agent,
         )
         gate = Gate(pools, settings.queue_limit, settings.queue_timeout_s, metrics)
         gateway = Gateway(pools, gate, registry, metrics)

@@ -21,9 +21,12 @@ from fleetd import __version__
 from fleetd.coordinator.auth import require_admin, require_api_key
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
+from fleetd.coordinator.planning import Plan, plan
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import ACCOUNTS
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import CLIENT, encode, json_response, read_json, request_model
 from fleetd.core.ollama import error_message
@@ -51,10 +54,12 @@ _STARTED = int(time.time())
 
 
 async def forward(request: web.Request) -> web.StreamResponse:
-    require_api_key(request)
+    key = require_api_key(request)
     gateway = request.app[GATEWAY]
     body = await request.read()
-    return await gateway.forward(request, body, gateway.model_of(body))
+    model = gateway.model_of(body)
+    with request.app[ACCOUNTS].admit(request, key, model) as meter:
+        return meter.done(await gateway.forward(request, body, model))
 
 
 for _path in FORWARDED:
@@ -67,8 +72,10 @@ def _model_entry(name: str) -> dict[str, Any]:
 
 @routes.get("/v1/models")
 async def list_models(request: web.Request) -> web.Response:
-    require_api_key(request)
+    allowed = require_api_key(request).models
     models = request.app[SETTINGS].supported_models
+    if allowed is not None:  # a key limited to some models sees those
+        models = [m for m in models if m in allowed]
     return json_response({"object": "list", "data": [_model_entry(m) for m in models]})
 
 
@@ -239,26 +246,23 @@ async def pull_model(request: web.Request) -> web.StreamResponse:
     online = request.app[REGISTRY].online()
     if not online:
         raise ApiError(409, "no_agents", "no agent is online to pull to")
-    dist = request.app[DISTRIBUTION]
-    warning = None
-    if any(
-        dist.active_task(a.id, model) is None and model not in dist.installed.get(a.id, {})
-        for a in online
-    ):
-        warning = await check_registry(request.app, model)
-    tasks: list[Task] = []
-    new: list[Task] = []
-    done_bytes = 0
-    for agent in online:
-        t = dist.active_task(agent.id, model)
-        if t is None:
-            have = dist.installed.get(agent.id, {}).get(model)
-            if have is not None:
-                done_bytes += have.size
-                continue
-            t = dist.create(agent, model)
-            new.append(t)
-        tasks.append(t)
+    dist, inventory = request.app[DISTRIBUTION], request.app[INVENTORY]
+
+    def planned() -> Plan:
+        return plan(
+            model,
+            online,
+            active=dist.active_for(model),
+            holders=inventory.agents_with(model),
+            if_installed="skip",
+            if_offline="retry-when-online",  # online when listed: it gets its task back
+        )
+
+    warning = await check_registry(request.app, model) if planned().wanted else None
+    p = planned()  # again after the check's await; none from here until the tasks exist
+    new = [dist.create(a, model) for a in p.create]
+    tasks = p.under_way + new
+    done_bytes = sum(m.size for a in p.installed if (m := inventory.get(a.id, model)))
     if new:
         await dist.launch(new)
     lines = _follow(model, tasks, done_bytes, len(online) - len(tasks), warning)

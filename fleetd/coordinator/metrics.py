@@ -48,6 +48,34 @@ class Metrics:
             "fleetd_agent_requests_in_flight", "Requests in flight per agent", ["agent"], registry=r
         )
 
+        self.key_requests = Counter(
+            "fleetd_key_requests",
+            "Inference requests by API key name and model",
+            ["key", "model"],
+            registry=r,
+        )
+        self.key_errors = Counter(
+            "fleetd_key_errors",
+            "Failed or refused inference requests by API key name and model",
+            ["key", "model"],
+            registry=r,
+        )
+        self.key_tokens = Counter(
+            "fleetd_key_tokens",
+            "Tokens by API key name, model and kind (prompt, completion)",
+            ["key", "model", "kind"],
+            registry=r,
+        )
+
+    def count_key_usage(
+        self, key: str, model: str, requests: int, errors: int, prompt: int, completion: int
+    ) -> None:
+        """Added with each usage flush (every few seconds), not per request."""
+        self.key_requests.labels(key, model).inc(requests)
+        self.key_errors.labels(key, model).inc(errors)
+        self.key_tokens.labels(key, model, "prompt").inc(prompt)
+        self.key_tokens.labels(key, model, "completion").inc(completion)
+
     def count_request(self, route: str, status: int) -> None:
         """One request in ``http_requests``; each (route, status) child is looked up once,
         as prometheus_client's ``labels()`` costs more than the increment itself."""

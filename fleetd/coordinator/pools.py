@@ -2,9 +2,11 @@
 and distribution events, and the in-flight count of every agent.
 
 An agent that has been ready once (not ``initializing``) serves every model it has loaded or
-installed, except one it is downloading (a re-download deletes it first), so fetching one
-model never takes it out of service for the others. Listeners keep the pools current, so a
-request costs a dictionary lookup and one ``pick``, never a scan of the fleet.
+installed (as the ``Inventory`` says), except one it is downloading (a re-download deletes it
+first), so fetching one model never takes it out of service for the others. Listeners keep the
+pools current, so a request costs a dictionary lookup and one ``pick``, never a scan of the
+fleet. With ``coordinator.max_requests_per_agent`` an agent with that many requests in flight
+is full: ``pick`` passes it over, and the gate's waiters are woken when a slot frees.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 
+from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.wire import TERMINAL, Agent, Task
@@ -42,13 +45,16 @@ class Pools:
         agents: Mapping[str, Agent],
         balancer: Callable[[], Balancer],
         metrics: Metrics,
-        installed: Mapping[str, Mapping[str, object]],
+        inventory: Inventory,
         tasks: Iterable[Task] = (),
+        max_per_agent: int = 0,
     ) -> None:
         self.agents = agents
         """Agent id -> agent, as the registry keeps them."""
-        self.installed = installed
-        """Agent id -> its installed models by name, as the distribution keeps them."""
+        self.inventory = inventory
+        """Which agent has which model installed; followed through its change events."""
+        self.max_per_agent = max_per_agent
+        """0: no cap (Ollama queues); else an agent with this many in flight is full."""
         self.supported = frozenset(supported)
         self.metrics = metrics
         self._new_pool = balancer
@@ -56,8 +62,9 @@ class Pools:
         """Model -> the online, non-initializing, healthy agents that can serve it."""
         self.in_flight: dict[str, int] = {}
         self.suspect: set[str] = set()
-        self.on_join: list[Callable[[], None]] = []
-        """Called when an agent joins pools it was not in (the gate serves its waiters)."""
+        self.on_room: list[Callable[[], None]] = []
+        """Called when an agent joins pools it was not in, or (under ``max_per_agent``) ends a
+        request: the gate serves its waiters."""
         self._member: dict[str, list[Balancer]] = {}
         self._serving: dict[str, frozenset[str]] = {}
         """Agent id -> the models whose pools it is in."""
@@ -72,6 +79,7 @@ class Pools:
         """Model -> how many unfinished download tasks it has (a model on its way)."""
         for t in tasks:
             self.task_changed(t)
+        inventory.on_change.append(self.installed_changed)
         for a in list(agents.values()):
             # As the store knew them before a restart: an agent that was ready is a candidate
             # until its first heartbeat says otherwise (a failure moves the request on).
@@ -85,7 +93,7 @@ class Pools:
             model in self.supported
             or model in self._holders
             # Agents not heard from since this coordinator started are not in _holders.
-            or any(model in models for models in self.installed.values())
+            or bool(self.inventory.agents_with(model))
         )
 
     def offline_holders(self, model: str) -> list[str] | None:
@@ -96,7 +104,7 @@ class Pools:
             return None
         offline: list[str] = []
         holders = [aid for aid, models in self._extra.items() if model in models]
-        holders += [aid for aid, models in self.installed.items() if model in models]
+        holders += self.inventory.agents_with(model)
         for agent_id in dict.fromkeys(holders):
             a = self.agents.get(agent_id)
             if a is None or a.status == "online":
@@ -112,9 +120,7 @@ class Pools:
     def _models(self, a: Agent) -> frozenset[str]:
         """The models other than the supported ones that ``a`` has (installed or loaded)."""
         extra = [m for m in a.loaded_models if m not in self.supported]
-        installed = self.installed.get(a.id)
-        if installed:
-            extra += [m for m in installed if m not in self.supported]
+        extra += [m for m in self.inventory.models(a.id) if m not in self.supported]
         return frozenset(extra) if extra else _EMPTY
 
     def _set_extra(self, agent_id: str, models: frozenset[str]) -> None:
@@ -138,9 +144,7 @@ class Pools:
         """What ready agent ``a`` can serve: the models it has loaded or installed (every
         supported one while it reports them all ready), less those it is downloading."""
         models = set(a.loaded_models)
-        installed = self.installed.get(a.id)
-        if installed:
-            models.update(installed)
+        models.update(self.inventory.models(a.id))
         if a.ready_models >= a.total_models:
             models |= self.supported
         fetching = self._fetching.get(a.id)
@@ -161,6 +165,14 @@ class Pools:
             # Any news from the agent itself proves it is up again.
             self.suspect.discard(a.id)
         self._place(a)
+
+    def installed_changed(self, agent_id: str) -> None:
+        """Inventory listener: ``agent_id`` serves what it installed at once, not from its
+        next heartbeat on (and a suspect stays suspect: this is no heartbeat)."""
+        a = self.agents.get(agent_id)
+        if a is not None:
+            self._set_extra(a.id, self._models(a))
+            self._place(a)
 
     def task_changed(self, t: Task) -> None:
         """Distribution listener: keep count of the downloads under way per model."""
@@ -218,8 +230,11 @@ class Pools:
         for pool in member:
             pool.update(a.id, load)
         if joined:
-            for fn in self.on_join:
-                fn()
+            self._room()
+
+    def _room(self) -> None:
+        for fn in self.on_room:
+            fn()
 
     def _leave(self, agent_id: str) -> None:
         self._member.pop(agent_id, None)
@@ -240,6 +255,8 @@ class Pools:
         pool = self.pools.get(model)
         agent_id = pool.pick() if pool is not None else None
         if agent_id is not None:
+            if self.max_per_agent and self.in_flight.get(agent_id, 0) >= self.max_per_agent:
+                return None  # the least busy candidate is full: all are (least-busy)
             self.start(agent_id)
         return agent_id
 
@@ -256,3 +273,5 @@ class Pools:
             self.in_flight.pop(agent_id, None)
         for pool in self._member.get(agent_id, ()):
             pool.finished(agent_id)
+        if self.max_per_agent:
+            self._room()  # a slot freed: the next waiter in the fair turn takes it

@@ -22,7 +22,7 @@ from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.store import STORE, Store, StoreUnavailable
-from fleetd.core.wire import Agent, Heartbeat, InstalledModel, Registration, next_revision, utcnow
+from fleetd.core.wire import Agent, Heartbeat, Registration, next_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
 
@@ -78,8 +78,6 @@ class Registry:
         self._written: asyncio.Future[None] | None = None
         """Settled when the write that takes ``_batch`` is done."""
         self._writing = False
-        self.reported_models: dict[str, list[InstalledModel]] = {}
-        """Installed models an agent listed when it registered, for on_online listeners."""
 
     async def load(self) -> None:
         now = self.clock()
@@ -162,10 +160,7 @@ class Registry:
         await self._save(a)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
-        if reg.models is not None:
-            self.reported_models[a.id] = reg.models
         self._notify(self.on_online, a)
-        self.reported_models.pop(a.id, None)
         return a
 
     async def _save(self, a: Agent) -> None:

@@ -4,15 +4,18 @@ installed models, and the progress reports agents send."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, get_args
+from typing import Any, TypeVar, get_args
 
 import msgspec
 from aiohttp import web
 
 from fleetd.coordinator.auth import require_admin, require_agent
-from fleetd.coordinator.distribution import DISTRIBUTION, AgentUnreachable, MatrixState
+from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gateway import GATEWAY
+from fleetd.coordinator.inventory import INVENTORY
 from fleetd.coordinator.model_check import check_registry
+from fleetd.coordinator.orders import AgentUnreachable
+from fleetd.coordinator.planning import IF_INSTALLED, IF_OFFLINE, Plan, matrix, plan
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.core.errors import ApiError, bad_request, not_found
 from fleetd.core.http import json_response, read_json
@@ -21,8 +24,7 @@ from fleetd.core.wire import TERMINAL, Agent, ProgressReply, ProgressReport, Tas
 
 routes = web.RouteTableDef()
 
-IF_INSTALLED = ("warn", "skip", "redownload")
-IF_OFFLINE = ("fail", "retry-when-online")
+C = TypeVar("C", bound=str)
 
 
 class DistributionRequest(msgspec.Struct, kw_only=True):
@@ -39,12 +41,11 @@ def _model(name: str, param: str = "model") -> str:
         raise bad_request(f"{param}: invalid model name {name!r}", param=param) from None
 
 
-def _choice(value: str, choices: tuple[str, ...], param: str) -> str:
-    if value not in choices:
-        raise bad_request(
-            f"{param}: expected one of {', '.join(choices)}, got {value!r}", param=param
-        )
-    return value
+def _choice(value: str, choices: tuple[C, ...], param: str) -> C:
+    for choice in choices:
+        if value == choice:
+            return choice
+    raise bad_request(f"{param}: expected one of {', '.join(choices)}, got {value!r}", param=param)
 
 
 def _targets(request: web.Request, agents: str | list[str]) -> list[Agent]:
@@ -76,56 +77,26 @@ async def create_distribution(request: web.Request) -> web.Response:
     if_installed = _choice(req.if_installed, IF_INSTALLED, "if_installed")
     if_offline = _choice(req.if_offline, IF_OFFLINE, "if_offline")
     targets = _targets(request, req.agents)
-    dist = request.app[DISTRIBUTION]
-    tasks: list[Task] = []
-    new: list[Task] = []
-    warnings: list[dict[str, str]] = []
-    errors: list[dict[str, str]] = []
-    if any(
-        dist.active_task(a.id, model) is None
-        and (if_installed == "redownload" or not dist.is_installed(a.id, model))
-        for a in targets
-    ):
-        # Before any task exists, and with no await between the decisions below and create().
-        if (warning := await check_registry(request.app, model)) is not None:
-            warnings.append(warning)
-    for agent in targets:
-        active = dist.active_task(agent.id, model)
-        if active is not None:
-            tasks.append(active)
-            warnings.append(
-                {
-                    "agent_id": agent.id,
-                    "code": "already_in_progress",
-                    "task_id": active.id,
-                    "message": f"{model} is already {active.status} on agent {agent.name}",
-                }
-            )
-            continue
-        if dist.is_installed(agent.id, model) and if_installed != "redownload":
-            if if_installed == "warn":
-                warnings.append(
-                    {
-                        "agent_id": agent.id,
-                        "code": "already_installed",
-                        "message": f"{model} is already installed on agent {agent.name}; "
-                        'send if_installed "skip" or "redownload" to choose',
-                    }
-                )
-            continue
-        if agent.status != "online" and if_offline == "fail":
-            errors.append(
-                {
-                    "agent_id": agent.id,
-                    "code": "agent_offline",
-                    "message": f"agent {agent.name} ({agent.id}) is offline; send if_offline "
-                    '"retry-when-online" to download when it is back',
-                }
-            )
-            continue
-        t = dist.create(agent, model, redownload=if_installed == "redownload")
-        new.append(t)
-        tasks.append(t)
+    dist, inventory = request.app[DISTRIBUTION], request.app[INVENTORY]
+
+    def planned() -> Plan:
+        return plan(
+            model,
+            targets,
+            active=dist.active_for(model),
+            holders=inventory.agents_with(model),
+            if_installed=if_installed,
+            if_offline=if_offline,
+        )
+
+    warning = await check_registry(request.app, model) if planned().wanted else None
+    # Planned again after the check's await; none from here until the tasks exist.
+    p = planned()
+    warnings = ([warning] if warning is not None else []) + p.warnings
+    errors = p.errors
+    new = [dist.create(a, model, redownload=p.redownload) for a in p.create]
+    by_agent = {t.agent_id: t for t in p.under_way + new}
+    tasks = [t for a in targets if (t := by_agent.get(a.id)) is not None]
     if any(t.redownload for t in new) and not request.app[GATEWAY].can_serve(model):
         # The new tasks already took the model out of their agents' pools.
         warnings.append(
@@ -209,29 +180,14 @@ async def cancel_task(request: web.Request) -> web.Response:
 async def models_matrix(request: web.Request) -> web.Response:
     """Agents × models; the supported models first, then any other one an agent has or gets."""
     require_admin(request)
-    dist = request.app[DISTRIBUTION]
-    latest: dict[tuple[str, str], Task] = {}
-    for task in sorted(dist.tasks.values(), key=lambda t: t.created_at):
-        latest[(task.agent_id, task.model)] = task
-    others = {m for models in dist.installed.values() for m in models}
-    others |= {model for _, model in latest}
-    names = list(dist.supported) + sorted(others - set(dist.supported))
-    rows = []
-    for a in request.app[REGISTRY].agents.values():
-        states: dict[str, MatrixState] = {}
-        for m in names:
-            t = latest.get((a.id, m))
-            state: MatrixState = "missing"
-            if t is not None and t.status == "downloading":
-                state = "downloading"
-            elif t is not None and t.status in ("queued", "waiting"):
-                state = "queued"
-            elif dist.is_installed(a.id, m):
-                state = "installed"
-            elif t is not None and t.status == "failed":
-                state = "failed"
-            states[m] = state
-        rows.append({"id": a.id, "name": a.name, "status": a.status, "models": states})
+    inventory = request.app[INVENTORY]
+    agents = list(request.app[REGISTRY].agents.values())
+    names, rows = matrix(
+        agents,
+        request.app[DISTRIBUTION].supported,
+        request.app[DISTRIBUTION].tasks.values(),
+        {a.id: inventory.models(a.id).keys() for a in agents},
+    )
     return json_response({"models": names, "agents": rows})
 
 
@@ -253,8 +209,9 @@ async def agent_models(request: web.Request) -> web.Response:
             reason = str(e)
     else:
         reason = f"agent {agent.name} is offline"
-    as_of: datetime | None = dist.as_of.get(agent_id)
-    models = sorted(dist.installed.get(agent_id, {}).values(), key=lambda m: m.name)
+    inventory = request.app[INVENTORY]
+    as_of: datetime | None = inventory.as_of(agent_id)
+    models = sorted(inventory.models(agent_id).values(), key=lambda m: m.name)
     body: dict[str, Any] = {"models": models, "source": source, "as_of": as_of}
     if reason:
         body["stale_reason"] = reason
@@ -281,5 +238,5 @@ async def agent_progress(request: web.Request) -> web.Response:
     registry.touch(agent_id)
     dist = request.app[DISTRIBUTION]
     if report.models is not None:
-        await dist.record_installed(agent_id, report.models)
+        request.app[INVENTORY].report(agent_id, report.models)
     return json_response(ProgressReply(cancel=dist.ingest(agent_id, report)))

@@ -25,6 +25,7 @@ import msgspec
 
 from fleetd.config import redact_url
 from fleetd.core.errors import StartupError
+from fleetd.core.pgkeystore import PG_MIGRATION, PgKeyStore
 from fleetd.core.store import MIGRATIONS, StoreUnavailable
 from fleetd.core.wire import Agent, InstalledModel, Task
 
@@ -74,10 +75,12 @@ PG_MIGRATIONS: list[str] = [
         WHERE kv.key = 'installed_as_of';
     DELETE FROM kv WHERE key = 'installed_as_of';
     """,
+    # 3: managed API keys and their usage per minute (core/pgkeystore.py)
+    PG_MIGRATION,
 ]
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "each SQLite schema version needs its PostgreSQL twin"
 
-TABLES = ("agents", "tasks", "installed", "installed_as_of", "kv")
+TABLES = ("agents", "tasks", "installed", "installed_as_of", "kv", "api_keys", "key_usage")
 
 _MIGRATION_LOCK = 0x666C656574640001
 """pg_advisory_xact_lock key: coordinators starting at once migrate one after the other."""
@@ -108,7 +111,7 @@ def describe(e: BaseException, url: str) -> str:
     return text
 
 
-class PgStore:
+class PgStore(PgKeyStore):
     """PostgreSQL through an asyncpg pool; one writer task, batched commits."""
 
     def __init__(self, url: str, *, max_connections: int = 4) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Iterable
+from typing import Protocol
 
 import aiohttp
 import msgspec
@@ -128,6 +129,18 @@ def uncancel(task: asyncio.Task[object] | None) -> None:
 OK, BROKEN, CLIENT_GONE = "ok", "broken", "client_gone"
 
 
+class Meter(Protocol):
+    """Sees a relayed reply's bytes as they pass (the coordinator counts tokens with it)."""
+
+    def body(self, data: bytes) -> None: ...
+    def chunk(self, data: bytes) -> None: ...
+    def broken(self) -> None: ...
+
+
+METER = web.RequestKey("meter", Meter)
+"""Set on a request whose reply ``relay`` should show to a ``Meter``."""
+
+
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
@@ -143,6 +156,7 @@ async def relay(
     ``upstream``, so that a generation nobody reads stops.
     """
     headers = response_headers(upstream.headers, extra_headers)
+    meter = request.get(METER)
     if upstream.content_length is not None:
         try:
             body = await upstream.read()
@@ -152,6 +166,8 @@ async def relay(
             raise ApiError(
                 502, "upstream_failed", f"{what} failed mid-reply: {e or type(e).__name__}"
             ) from None
+        if meter is not None:
+            meter.body(body)
         return web.Response(status=upstream.status, body=body, headers=headers), OK
     out = web.StreamResponse(status=upstream.status, headers=headers)
     content = upstream.content
@@ -168,12 +184,16 @@ async def relay(
                 else:
                     message = f"{what} failed mid-stream: {e or type(e).__name__}"
                     error = stream_error(upstream.content_type, message)
+                if meter is not None:
+                    meter.broken()
                 await out.write(sep + error)
                 await out.write_eof()
                 return out, BROKEN
             if not chunk:
                 break
             await out.write(chunk)
+            if meter is not None:
+                meter.chunk(chunk)
             tail = chunk[-1:]
         await out.write_eof()
     except ConnectionResetError:

@@ -24,6 +24,7 @@ import msgspec
 from aiohttp import web
 
 from fleetd.core.errors import ApiError
+from fleetd.core.keystore import SQLITE_MIGRATION, KeyStore, SqliteKeyStore
 from fleetd.core.tokens import private_files
 from fleetd.core.wire import Agent, InstalledModel, Task
 
@@ -72,6 +73,8 @@ MIGRATIONS: list[str] = [
         WHERE kv.key = 'installed_as_of';
     DELETE FROM kv WHERE key = 'installed_as_of'
     """,
+    # 3: managed API keys and their usage per minute (core/keystore.py)
+    SQLITE_MIGRATION,
 ]
 
 
@@ -83,7 +86,7 @@ class StoreUnavailable(ApiError):
         super().__init__(503, "store_unavailable", message, headers={"Retry-After": "5"})
 
 
-class Store(Protocol):
+class Store(KeyStore, Protocol):
     """Persistence the coordinator needs; every method is safe to await on the event loop."""
 
     async def load_agents(self) -> list[Agent]: ...
@@ -135,7 +138,7 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
         fut.set_exception(exc)
 
 
-class SqliteStore:
+class SqliteStore(SqliteKeyStore):
     """SQLite in ``data_dir/fleetd.db``; one writer thread, batched commits."""
 
     def __init__(self, path: Path) -> None:

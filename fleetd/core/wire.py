@@ -118,7 +118,6 @@ class Heartbeat(msgspec.Struct, kw_only=True):
     memory_percent: Percent | None = None
     status_message: Message = ""
     loaded_models: ModelNames | None = None
-    models: InstalledModels | None = None
 
 
 class Agent(msgspec.Struct, kw_only=True):

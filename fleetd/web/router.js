@@ -1,15 +1,20 @@
 /* Routes are hash fragments: #/agents, #/agents/{id}, #/models, #/models/matrix, #/tasks,
-   #/tasks/{status}. Mounting a view builds its frame once and returns its update function. */
+   #/tasks/{status}, #/keys, #/usage, #/usage/{key id}. Mounting a view builds its frame once
+   and returns its update function. */
 
 import { agentView, agentsView } from "./agents.js";
 import { byId } from "./dom.js";
+import { keysView } from "./keys.js";
 import { modelsView } from "./models.js";
 import { currentView, setCurrentView } from "./render.js";
 import { tasksView } from "./tasks.js";
+import { usageView } from "./usage.js";
+
+const VIEWS = { models: modelsView, tasks: tasksView, keys: keysView, usage: usageView };
 
 function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
-  const view = ["agents", "models", "tasks"].includes(parts[0]) ? parts[0] : "agents";
+  const view = parts[0] === "agents" || parts[0] in VIEWS ? parts[0] : "agents";
   return { view, arg: parts[1] || "" };
 }
 
@@ -25,8 +30,7 @@ export function mountRoute() {
   }
   const root = byId("view");
   root.replaceChildren();
-  const mount =
-    view === "agents" ? (arg ? agentView : agentsView) : view === "models" ? modelsView : tasksView;
+  const mount = view === "agents" ? (arg ? agentView : agentsView) : VIEWS[view];
   const mounted = { key, update: mount(root, arg) };
   setCurrentView(mounted);
   mounted.update();

@@ -62,7 +62,8 @@ def test_a_migrated_sqlite_database_shows_the_same_fleet(
 
     migrate = fleet.start(["db", "migrate-sqlite", "--from", str(src), "--to", pg_url])
     assert migrate.wait_exit() == 0, migrate.log
-    assert "copied agents 1, tasks 1, installed 3, installed_as_of 1, kv 0 from" in migrate.log
+    copied = "agents 1, tasks 1, installed 3, installed_as_of 1, kv 0, api_keys 0, key_usage 0"
+    assert f"copied {copied} from" in migrate.log
     assert PASSWORD not in migrate.log
 
     # Twice is refused without --force (the target is not empty), the same with it.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import openai
@@ -14,11 +14,13 @@ import pytest
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.gate import Gate
+from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
-from fleetd.core.wire import Agent, Task
+from fleetd.core.store import Store
+from fleetd.core.wire import Agent, InstalledModel, Task
 from tests.conftest import Fleet
 from tests.inference.conftest import CHAT, EMBED, MESSAGES, agents, sim_post, start
 from tests.procs import wait_until
@@ -28,7 +30,8 @@ def gateway(**settings: Any) -> tuple[Gate, Metrics]:
     metrics = Metrics()
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
     c = CoordinatorConfig(supported_models=[CHAT], **settings)
-    pools = Pools(c.supported_models, {}, cls, metrics, {})
+    inventory = Inventory(cast(Store, None))  # never flushed here
+    pools = Pools(c.supported_models, {}, cls, metrics, inventory)
     return Gate(pools, c.queue_limit, c.queue_timeout_s, metrics), metrics
 
 
@@ -95,7 +98,7 @@ async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() ->
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 404 and "other:1b" in err.value.message
-    gw.pools.installed["offline-agent"] = {"other:1b": object()}  # type: ignore[index]
+    gw.pools.inventory.report("offline-agent", [InstalledModel(name="other:1b", size=1)])
     with pytest.raises(ApiError) as waited:
         await gw.acquire("other:1b")
     assert waited.value.code == "models_starting"
@@ -151,7 +154,7 @@ def test_requests_wait_while_every_agent_initializes(fleet: Fleet) -> None:
 async def test_a_model_only_offline_agents_have_is_503_at_once_unless_on_its_way() -> None:
     gw, _ = gateway(queue_timeout_s=0.1)
     gw.pools.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
-    gw.pools.installed["a1"] = {"other:1b": object()}  # type: ignore[index]
+    gw.pools.inventory.report("a1", [InstalledModel(name="other:1b", size=1)])
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 503 and err.value.code == "no_agent_has_model"

@@ -351,7 +351,7 @@ def test_narrow_window_needs_no_sideways_scrolling(fleet: Fleet, narrow_ui: Ui) 
     narrow_ui.login(coord.url, ADMIN_TOKEN)
     page = narrow_ui.page
     page.locator("table.agents tbody tr").wait_for()
-    for view in ("#/agents", "#/tasks", "#/models"):
+    for view in ("#/agents", "#/tasks", "#/models", "#/keys", "#/usage"):
         page.goto(coord.url + "/" + view)
         page.wait_for_timeout(300)
         overflow = page.evaluate("document.documentElement.scrollWidth - window.innerWidth")
