@@ -65,6 +65,9 @@ class CoordinatorConfig(_Section):
     database_url: str = ""
     """Empty: SQLite in data_dir; ``postgresql://…``: PostgreSQL (``FLEETD_DATABASE_URL`` wins)."""
     mirror: MirrorConfig = msgspec.field(default_factory=MirrorConfig)
+    history_interval_s: int = 10
+    """One sample of the charts' history per interval; 360 are kept (an hour at 10 s)."""
+    history_max_agents: int = 1000
 
 
 class OllamaServer(_Section):
@@ -177,6 +180,14 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             "coordinator.max_requests_per_agent: expected an integer >= 0 (0: no cap), "
             f"got {c.max_requests_per_agent}"
+        )
+    if not 1 <= c.history_interval_s <= 60:
+        raise ConfigError(
+            f"coordinator.history_interval_s: expected 1 to 60 seconds, got {c.history_interval_s}"
+        )
+    if c.history_max_agents < 0:
+        raise ConfigError(
+            f"coordinator.history_max_agents: expected an integer >= 0, got {c.history_max_agents}"
         )
     _positive("coordinator.keepalive_timeout_s", c.keepalive_timeout_s)
     _positive("agent.keepalive_timeout_s", a.keepalive_timeout_s)

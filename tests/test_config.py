@@ -55,6 +55,15 @@ def test_example_config_loads_with_the_documented_defaults() -> None:
             "coordinator.max_requests_per_agent: expected an integer >= 0",
         ),
         (
+            "[coordinator]\nhistory_interval_s = 0",
+            "coordinator.history_interval_s: expected 1 to 60 seconds, got 0",
+        ),
+        ("[coordinator]\nhistory_interval_s = 2.5", "coordinator.history_interval_s: expected"),
+        (
+            "[coordinator]\nhistory_max_agents = -1",
+            "coordinator.history_max_agents: expected an integer >= 0, got -1",
+        ),
+        (
             '[coordinator]\ndatabase_url = "mysql://u:hunter2@db/fleet"',
             "coordinator.database_url: expected a postgresql:// URL (or empty for SQLite in "
             "data_dir), got 'mysql://u:***@db/fleet'",

@@ -15,6 +15,7 @@ from fleetd.coordinator import (
     catalog_api,
     dashboard,
     events_api,
+    history_api,
     inference_api,
     keys_api,
     loops,
@@ -23,6 +24,7 @@ from fleetd.coordinator import (
 from fleetd.coordinator.auth import TOKENS, Tokens
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
+from fleetd.coordinator.history import history_ctx
 from fleetd.coordinator.inventory import inventory_ctx
 from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
 from fleetd.coordinator.mirror import routes as mirror_routes
@@ -83,9 +85,9 @@ async def build_app(config: Config) -> web.Application:
     Plugins are loaded (so validated) before anything is written, so a misspelt name leaves
     no trace; then ``data_dir`` and the tokens. Every resource opens in ``cleanup_ctx``, in
     dependency order — store → event bus → HTTP client → throttle → registry → inventory →
-    distribution → gateway → catalog → usage accounts → mirror — and closes in reverse; when
-    one fails to open, those before it close again (``core/server.serve`` cleans up a failed
-    start) and the error is one line.
+    distribution → gateway → catalog → usage accounts → history → mirror — and closes in
+    reverse; when one fails to open, those before it close again (``core/server.serve``
+    cleans up a failed start) and the error is one line.
     """
     c = config.coordinator
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
@@ -129,6 +131,7 @@ async def build_app(config: Config) -> web.Application:
             gateway_ctx(balancer),
             catalog_api.catalog_ctx(c, catalog),
             accounts_ctx,
+            history_ctx,
             mirror_ctx,
         ]
     )
@@ -140,6 +143,7 @@ async def build_app(config: Config) -> web.Application:
     app.router.add_routes(catalog_api.routes)
     app.router.add_routes(inference_api.routes)
     app.router.add_routes(keys_api.routes)
+    app.router.add_routes(history_api.routes)
     app.router.add_routes(mirror_routes.routes)
     app.router.add_get("/metrics", serve_metrics)
     return app

@@ -30,6 +30,7 @@ from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.usage import SERVED_BY
 from fleetd.core import proxy
 from fleetd.core.balancing import Balancer
 from fleetd.core.errors import ApiError
@@ -249,6 +250,7 @@ class Gateway:
                 proxy.uncancel(flight.task)
                 raise _Retry(f"{flight.why} before answering") from None
             flight.upstream = upstream
+            request[SERVED_BY] = agent_id
             try:
                 if upstream.status >= 500:
                     reply = await _reply(upstream)

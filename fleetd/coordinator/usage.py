@@ -6,6 +6,8 @@ and when the reply ends its token counts are read from the reply's last JSON obj
 ``usage`` or Ollama's ``prompt_eval_count``/``eval_count``. Every ``SYNC_S`` seconds one task
 writes the counts to the database in one batch, reads back every coordinator's totals for
 the limits, and reloads the keys (so a revocation elsewhere reaches this coordinator).
+``on_end`` listeners (the charts' history) see each reply's counts, and the agent that
+answered it (``SERVED_BY``, set by the gateway), as it ends.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from types import TracebackType
 
 import msgspec
@@ -34,6 +36,12 @@ log = logging.getLogger("fleetd.usage")
 SYNC_S = 2.0
 """How often usage is written and every coordinator's totals and keys are read back."""
 BUCKET_S = 60
+
+SERVED_BY = web.RequestKey("served_by", str)
+"""Set by the gateway on an inference request: the agent that answered it."""
+
+EndListener = Callable[[str, int, int, bool], None]
+"""(agent id or "", prompt tokens, completion tokens, failed), as each reply ends."""
 
 
 class _Usage(msgspec.Struct):
@@ -67,10 +75,21 @@ def _tokens(obj: bytes) -> tuple[int, int] | None:
 class Meter:
     """One request's reply as it passes; closed by ``done`` or by leaving its ``with``."""
 
-    __slots__ = ("_accounts", "_body", "_events", "_failed", "_key", "_model", "_sep", "_tail")
+    __slots__ = (
+        "_accounts",
+        "_body",
+        "_events",
+        "_failed",
+        "_key",
+        "_model",
+        "_request",
+        "_sep",
+        "_tail",
+    )
 
-    def __init__(self, accounts: Accounts, key: KeyRow, model: str) -> None:
+    def __init__(self, accounts: Accounts, request: web.Request, key: KeyRow, model: str) -> None:
         self._accounts = accounts
+        self._request = request
         self._key = key
         self._model = model
         self._body: bytes | None = None
@@ -109,7 +128,8 @@ class Meter:
         if kind is not None and not issubclass(kind, asyncio.CancelledError):
             self._failed = True  # an ApiError answered, or a bug (500)
         prompt, completion = self._count()
-        self._accounts.end(self._key, self._model, prompt, completion, self._failed)
+        agent = self._request.get(SERVED_BY, "")
+        self._accounts.end(self._key, self._model, prompt, completion, self._failed, agent)
 
     def _count(self) -> tuple[int, int]:
         if self._body is not None:
@@ -145,6 +165,8 @@ class Accounts:
         self.pending: dict[tuple[str, str, int], list[int]] = {}
         """(key id, model, minute) -> [requests, errors, prompt tokens, completion tokens]"""
         self.last_used: dict[str, float] = {}
+        self.on_end: list[EndListener] = []
+        """Called as each reply ends, and for each request the limits refuse (history)."""
         self.lock = asyncio.Lock()
         """Held while syncing and while keys are created or revoked, so that a reload of
         the keys never misses a change made here."""
@@ -216,23 +238,40 @@ class Accounts:
             row = self._row(key.id, model, now)
             row[0] += 1
             row[1] += 1
+            self._ended("", 0, 0, True)
             raise
         self._row(key.id, model, now)[0] += 1
         if key.hash:  # a managed key (not OPEN or STATIC)
             key.last_used_at = now
             self.last_used[key.id] = now
-        meter = Meter(self, key, model)
+        meter = Meter(self, request, key, model)
         request[METER] = meter
         request[CALLER] = key  # the gate's turn is per key
         return meter
 
-    def end(self, key: KeyRow, model: str, prompt: int, completion: int, failed: bool) -> None:
+    def end(
+        self,
+        key: KeyRow,
+        model: str,
+        prompt: int,
+        completion: int,
+        failed: bool,
+        agent: str = "",
+    ) -> None:
         now = time.time()
         row = self._row(key.id, model, now)
         row[1] += failed
         row[2] += prompt
         row[3] += completion
         self.limiter.spent_tokens(key.id, prompt + completion, now)
+        self._ended(agent, prompt, completion, failed)
+
+    def _ended(self, agent: str, prompt: int, completion: int, failed: bool) -> None:
+        for fn in self.on_end:
+            try:
+                fn(agent, prompt, completion, failed)
+            except Exception:
+                log.exception("usage listener %r failed", fn)
 
     def _take(self) -> tuple[list[UsageRow], list[tuple[str, float]]]:
         pending, self.pending = self.pending, {}

@@ -1,6 +1,7 @@
 /* The agents list and an agent's page: its facts, a download form, its downloads and its
    installed models. */
 
+import { chartsWidget } from "./charts.js";
 import { distribute } from "./distribute.js";
 import { badge, bar, fact, fmtBytes, fmtGiB, h, notice, pageHead, stat, table, timeEl } from "./dom.js";
 import { loadCatalog, loadInstalled } from "./load.js";
@@ -164,6 +165,7 @@ export function agentView(root, id) {
   );
   const tasksBox = h("div");
   const installedBox = h("div");
+  const charts = chartsWidget(id);
   root.append(
     h("a", { href: "#/agents", class: "back" }, "← Agents"),
     head,
@@ -171,6 +173,7 @@ export function agentView(root, id) {
     h("section", { class: "card" }, h("h2", null, "Download a model"), form, result),
     h("section", { class: "card flush" }, h("h2", null, "Downloads"), tasksBox),
     h("section", { class: "card flush" }, h("h2", null, "Installed models"), installedBox),
+    h("section", { class: "card" }, h("h2", null, "Activity"), charts.el),
   );
   loadCatalog();
   loadInstalled(id);
@@ -204,6 +207,7 @@ export function agentView(root, id) {
     tasksBox.replaceChildren(taskTable(tasks, { agent: false, empty: "No downloads for this agent yet." }));
     if (S.installedStale.has(id)) loadInstalled(id);
     installedBox.replaceChildren(installedTable(S.installed.get(id)));
+    charts.update();
   };
 }
 

@@ -1,6 +1,5 @@
-/* A small SVG bar chart drawn by the page itself (no library, nothing from a CDN): stacked
-   bars over evenly spaced time buckets, an axis with the largest value and the range's ends,
-   and a tooltip per bar (the SVG <title>). */
+/* Small SVG charts drawn by the page itself (no library, nothing from a CDN): stacked bars
+   over time buckets (usage) and lines over evenly spaced samples (the fleet's last hour). */
 
 const NS = "http://www.w3.org/2000/svg";
 
@@ -76,5 +75,119 @@ export function barChart({ title, series, points, from, to, step, unit }) {
   const cap = document.createElement("figcaption");
   cap.textContent = title;
   fig.append(cap, svg, legend);
+  return fig;
+}
+
+/* The smallest 1, 2 or 5 × 10^n at or above v: a round top for an axis. */
+function niceCeil(v) {
+  if (!(v > 0)) return 1;
+  const p = 10 ** Math.floor(Math.log10(v));
+  return [1, 2, 5, 10].map((m) => m * p).find((x) => x >= v * (1 - 1e-9));
+}
+
+/* One path through evenly spaced points from index `from` on, broken where a value is null
+   (no sample); a point alone is a dot (round caps on a zero-length segment). */
+function linePath(values, from, xAt, yAt) {
+  let d = "";
+  let open = false;
+  const missing = (v) => v === null || v === undefined;
+  for (let i = Math.max(0, from); i < values.length; i += 1) {
+    const v = values[i];
+    if (missing(v)) {
+      open = false;
+      continue;
+    }
+    const p = `${xAt(i).toFixed(1)} ${yAt(v).toFixed(1)}`;
+    d += open ? ` L ${p}` : ` M ${p}${missing(values[i + 1]) ? " h 0" : ""}`;
+    open = true;
+  }
+  return d.trim();
+}
+
+function lastValue(values) {
+  for (let i = values.length - 1; i >= 0; i -= 1) {
+    if (values[i] !== null && values[i] !== undefined) return values[i];
+  }
+  return undefined;
+}
+
+/* series: [{label, cls, values}], values[i] at start + i * step seconds (null: no sample);
+   the x axis spans `slots` steps ending at the last point. fmt formats a value; max, when
+   given, is the top of the y axis (a GPU's memory, 100 %). The legend shows the latest
+   values; hovering shows those at a time under it. */
+export function lineChart({ title, name, series, start, step, slots, fmt, max, summary }) {
+  // About the width a chart gets in the grid, so that its text is drawn near its CSS size.
+  const W = 360;
+  const H = 150;
+  const pad = { l: 52, r: 6, t: 10, b: 22 };
+  const n = Math.max(0, ...series.map((ser) => ser.values.length));
+  const first = n - slots; // index at the axis' left end (negative: fewer samples so far)
+  const end = start + (n - 1) * step;
+  let top = max;
+  if (!(top > 0)) top = niceCeil(Math.max(0, ...series.map((ser) => Math.max(0, ...ser.values))));
+  const xAt = (i) => pad.l + ((i - first) / Math.max(1, slots - 1)) * (W - pad.l - pad.r);
+  const yAt = (v) => H - pad.b - (Math.min(v, top) / top) * (H - pad.t - pad.b);
+  const clock = (t) => new Date(t * 1000).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+  const svg = s("svg", { class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": title });
+  svg.append(
+    s("line", { class: "axis", x1: pad.l, y1: H - pad.b, x2: W - pad.r, y2: H - pad.b }),
+    s("line", { class: "grid", x1: pad.l, y1: pad.t, x2: W - pad.r, y2: pad.t }),
+    s("text", { class: "tick", x: pad.l - 4, y: pad.t + 8, "text-anchor": "end" }, fmt(top)),
+    s("text", { class: "tick", x: pad.l - 4, y: H - pad.b, "text-anchor": "end" }, fmt(0)),
+  );
+  if (n) {
+    svg.append(
+      s("text", { class: "tick", x: pad.l, y: H - 6 }, clock(end - (slots - 1) * step)),
+      s("text", { class: "tick", x: W - pad.r, y: H - 6, "text-anchor": "end" }, clock(end)),
+    );
+  }
+  for (const ser of series) {
+    const d = linePath(ser.values, first, xAt, yAt);
+    if (d) svg.append(s("path", { class: `line ${ser.cls}`, d }));
+  }
+  const cursor = s("line", { class: "cursor", x1: 0, y1: pad.t, x2: 0, y2: H - pad.b, visibility: "hidden" });
+  svg.append(cursor);
+
+  const legend = document.createElement("div");
+  legend.className = "chart-legend";
+  for (const ser of series) {
+    const sw = document.createElement("span");
+    sw.className = `swatch ${ser.cls}`;
+    const now = document.createElement("b");
+    const last = lastValue(ser.values);
+    now.textContent = last === undefined ? "—" : fmt(last);
+    legend.append(sw, ` ${ser.label} `, now);
+  }
+  const readout = document.createElement("div");
+  readout.className = "chart-readout";
+  svg.addEventListener("mousemove", (e) => {
+    const box = svg.getBoundingClientRect();
+    const px = ((e.clientX - box.left) / box.width) * W;
+    const i = Math.round(first + ((px - pad.l) / (W - pad.l - pad.r)) * Math.max(1, slots - 1));
+    if (i < Math.max(0, first) || i >= n) return;
+    cursor.setAttribute("x1", xAt(i).toFixed(1));
+    cursor.setAttribute("x2", xAt(i).toFixed(1));
+    cursor.setAttribute("visibility", "visible");
+    const at = new Date((start + i * step) * 1000).toLocaleTimeString();
+    const parts = series.map((ser) => `${ser.label} ${ser.values[i] === null ? "—" : fmt(ser.values[i])}`);
+    readout.textContent = `${at}: ${parts.join(", ")}`;
+  });
+  svg.addEventListener("mouseleave", () => {
+    cursor.setAttribute("visibility", "hidden");
+    readout.textContent = "";
+  });
+
+  const fig = document.createElement("figure");
+  fig.className = "chart-box";
+  fig.dataset.chart = name;
+  const cap = document.createElement("figcaption");
+  cap.textContent = title;
+  if (summary) {
+    const sub = document.createElement("span");
+    sub.className = "chart-summary";
+    sub.textContent = summary;
+    cap.append(" ", sub);
+  }
+  fig.append(cap, svg, legend, readout);
   return fig;
 }

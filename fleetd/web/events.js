@@ -2,6 +2,7 @@
    the store; on every (re)connect the full lists are read again, for whatever happened while
    the stream was down. */
 
+import { historyStale, onHistory } from "./charts.js";
 import { byId } from "./dom.js";
 import { loadSnapshot } from "./load.js";
 import { renderLive } from "./render.js";
@@ -28,6 +29,7 @@ export function connectEvents(recheck) {
     setLive("on");
     loadSnapshot();
     loadMirror();
+    historyStale();
   });
   source.addEventListener("agent", (e) => {
     mergeAgent(JSON.parse(e.data));
@@ -41,6 +43,7 @@ export function connectEvents(recheck) {
     S.mirror = JSON.parse(e.data);
     renderLive();
   });
+  source.addEventListener("history", (e) => onHistory(JSON.parse(e.data)));
   source.addEventListener("error", () => {
     setLive("off");
     if (source.readyState === EventSource.CLOSED) {

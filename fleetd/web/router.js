@@ -1,8 +1,9 @@
 /* Routes are hash fragments: #/agents, #/agents/{id}, #/models, #/models/matrix, #/tasks,
-   #/tasks/{status}, #/keys, #/usage, #/usage/{key id}. Mounting a view builds its frame once
+   #/tasks/{status}, #/keys, #/usage, #/usage/{key id}, #/charts, #/charts/{agent id}. Mounting a view builds its frame once
    and returns its update function. */
 
 import { agentView, agentsView } from "./agents.js";
+import { chartsView } from "./charts.js";
 import { byId } from "./dom.js";
 import { keysView } from "./keys.js";
 import { modelsView } from "./models.js";
@@ -10,7 +11,7 @@ import { currentView, setCurrentView } from "./render.js";
 import { tasksView } from "./tasks.js";
 import { usageView } from "./usage.js";
 
-const VIEWS = { models: modelsView, tasks: tasksView, keys: keysView, usage: usageView };
+const VIEWS = { models: modelsView, tasks: tasksView, keys: keysView, usage: usageView, charts: chartsView };
 
 function parseRoute() {
   const parts = location.hash.replace(/^#\/?/, "").split("/").filter(Boolean).map(decodeURIComponent);
