@@ -64,7 +64,13 @@ def start(role: str, config: Config) -> int:
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), help="TOML config file.")
 @click.option("--listen", metavar="HOST:PORT", help="Overrides coordinator.listen / agent.listen.")
 @click.option("--data-dir", metavar="DIR", help="Overrides coordinator.data_dir / agent.data_dir.")
-@click.option("--coordinator", "coordinator_url", metavar="URL", help="agent.coordinator_url.")
+@click.option(
+    "--coordinator",
+    "coordinator_urls",
+    metavar="URL",
+    multiple=True,
+    help="agent.coordinator_url (repeatable or comma-separated: the first that answers).",
+)
 @click.option("--ollama", "ollama_urls", metavar="URL", multiple=True, help="agent.ollama urls.")
 @click.option(
     "--log-level",
@@ -79,7 +85,7 @@ def main(
     config_path: str | None,
     listen: str | None,
     data_dir: str | None,
-    coordinator_url: str | None,
+    coordinator_urls: tuple[str, ...],
     ollama_urls: tuple[str, ...],
     log_level: str,
 ) -> None:
@@ -92,8 +98,8 @@ def main(
     if role is None:
         click.echo(ctx.get_help())
         ctx.exit(2)
-    if role == "coordinator" and (coordinator_url or ollama_urls):
-        flag = "--coordinator" if coordinator_url else "--ollama"
+    if role == "coordinator" and (coordinator_urls or ollama_urls):
+        flag = "--coordinator" if coordinator_urls else "--ollama"
         raise click.UsageError(
             f"{flag} is an agent flag; it cannot be used with --role coordinator"
         )
@@ -103,8 +109,9 @@ def main(
         overrides[f"{section}.listen"] = listen
     if data_dir is not None:
         overrides[f"{section}.data_dir"] = data_dir
-    if coordinator_url is not None:
-        overrides["agent.coordinator_url"] = coordinator_url
+    urls = [u.strip() for arg in coordinator_urls for u in arg.split(",") if u.strip()]
+    if urls:
+        overrides["agent.coordinator_url"] = urls[0] if len(urls) == 1 else urls
     try:
         config = load(config_path, overrides, ollama_urls=list(ollama_urls) or None)
     except ConfigError as e:

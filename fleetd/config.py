@@ -87,7 +87,8 @@ class GpuConfig(_Section):
 
 class AgentConfig(_Section):
     name: str = ""
-    coordinator_url: str = "http://127.0.0.1:8080"
+    coordinator_url: str | list[str] = "http://127.0.0.1:8080"
+    """One URL, or several: the agent uses the first that answers (``coordinator_urls``)."""
     listen: str = "0.0.0.0:11435"
     advertise_url: str = ""
     data_dir: str = "/var/lib/fleetd-agent"
@@ -100,6 +101,10 @@ class AgentConfig(_Section):
     keepalive_timeout_s: float = 20.0
     ollama: list[OllamaServer] = msgspec.field(default_factory=lambda: [OllamaServer()])
     gpu: GpuConfig = msgspec.field(default_factory=GpuConfig)
+
+    def coordinator_urls(self) -> list[str]:
+        u = self.coordinator_url
+        return [u] if isinstance(u, str) else list(u)
 
 
 class Secrets(msgspec.Struct, frozen=True, kw_only=True):
@@ -162,6 +167,21 @@ def check_database_url(key: str, value: str) -> None:
         raise ConfigError(f"{key}: {e}, got {redact_url(value)!r}") from None
 
 
+def _check_coordinator_urls(a: AgentConfig) -> None:
+    if isinstance(a.coordinator_url, str):
+        _check_url("agent.coordinator_url", a.coordinator_url)
+        a.coordinator_url = a.coordinator_url.rstrip("/")
+        return
+    if not a.coordinator_url:
+        raise ConfigError("agent.coordinator_url: expected a URL or a list of URLs, got []")
+    for i, url in enumerate(a.coordinator_url):
+        _check_url(f"agent.coordinator_url[{i}]", url)
+    urls = [u.rstrip("/") for u in a.coordinator_url]
+    if len(set(urls)) != len(urls):
+        raise ConfigError("agent.coordinator_url: a URL is listed twice")
+    a.coordinator_url = urls
+
+
 def _positive(key: str, value: float, *, minimum: float = 0, strict: bool = True) -> None:
     if value < minimum or (strict and value == minimum):
         op = ">" if strict else ">="
@@ -214,7 +234,7 @@ def validate(cfg: Config) -> Config:
     _check_url("coordinator.library_url", c.library_url)
     _check_url("coordinator.registry_url", c.registry_url)
     check_database_url("coordinator.database_url", c.database_url)
-    _check_url("agent.coordinator_url", a.coordinator_url)
+    _check_coordinator_urls(a)
     _check_url("agent.advertise_url", a.advertise_url, allow_empty=True)
     if len(a.name) > 128 or not a.name.isprintable():
         # The coordinator refuses such a name at registration (docs/api.md, Size limits).
@@ -244,7 +264,6 @@ def validate(cfg: Config) -> Config:
             raise ConfigError(
                 f"agent.gpu.devices[{i}].memory_bytes: expected > 0, got {dev.memory_bytes}"
             )
-    a.coordinator_url = a.coordinator_url.rstrip("/")
     a.advertise_url = a.advertise_url.rstrip("/")
     for url_owner, attr in ((c, "library_url"), (c, "registry_url"), (a, "registry_url")):
         setattr(url_owner, attr, getattr(url_owner, attr).rstrip("/"))

@@ -143,6 +143,21 @@ def test_supported_models_are_normalized() -> None:
             ["--role", "agent", "--coordinator", "not-a-url"],
             "agent.coordinator_url: expected an http",
         ),
+        (
+            ["--role", "agent", "--coordinator", "http://a:8080,nope"],
+            "agent.coordinator_url[1]: expected an http",
+        ),
+        (
+            [
+                "--role",
+                "agent",
+                "--coordinator",
+                "http://a:8080",
+                "--coordinator",
+                "http://a:8080/",
+            ],
+            "agent.coordinator_url: a URL is listed twice",
+        ),
     ],
 )
 def test_bad_flags_exit_nonzero_with_one_line(args: list[str], message: str) -> None:
@@ -161,3 +176,12 @@ def test_version_and_help() -> None:
     for flag in ("--role", "--config", "--listen", "--data-dir", "--coordinator", "--ollama"):
         assert flag in out
     assert "sim-ollama" in out
+
+
+def test_coordinator_url_is_one_url_or_a_list() -> None:
+    one = config.load(None, {"agent.coordinator_url": "http://a:8080/"}, env={})
+    assert one.agent.coordinator_urls() == ["http://a:8080"]
+    both = config.load(None, {"agent.coordinator_url": ["http://a:8080", "http://b:8080/"]}, env={})
+    assert both.agent.coordinator_urls() == ["http://a:8080", "http://b:8080"]
+    with pytest.raises(config.ConfigError, match=r"^agent.coordinator_url: expected a URL or a"):
+        config.load(None, {"agent.coordinator_url": []}, env={})

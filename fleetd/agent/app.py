@@ -10,6 +10,7 @@ from pathlib import Path
 from aiohttp import web
 
 from fleetd.agent import inference_api, orders_api, status_api
+from fleetd.agent.coordinators import Coordinators
 from fleetd.agent.download_queue import DOWNLOADS, DownloadQueue
 from fleetd.agent.link import Link, default_name
 from fleetd.agent.ollamas import OLLAMAS, LocalOllamas
@@ -105,7 +106,8 @@ def _parts(
         readiness = app[READINESS] = Readiness(supported, ollamas)
         puller = Puller(a, session, ollamas, supported, mirror)
         dl = app[DOWNLOADS] = DownloadQueue(a, data_dir / "downloads.json", puller)
-        reporter = Reporter(a, session, identity, dl, ollamas)
+        coordinators = Coordinators(a.coordinator_urls())
+        reporter = Reporter(session, identity, coordinators, dl, ollamas)
         residency = Residency(a, supported, ollamas, readiness)
         link = Link(
             a,
@@ -118,6 +120,7 @@ def _parts(
             in_flight=app[IN_FLIGHT],
             mirror=mirror,
             stop=stop,
+            coordinators=coordinators,
         )
         async with contextlib.AsyncExitStack() as parts:
             await parts.enter_async_context(dl.opened())

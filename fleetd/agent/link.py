@@ -1,7 +1,9 @@
 """The agent's link to the coordinator: register (with backoff), then heartbeat forever.
 
 A 403 ``gpu_required`` ends the agent with one clear line; a 404 on heartbeat means the
-coordinator forgot us (new database), so we register again; anything else is retried.
+coordinator forgot us (new database), so we register again; anything else is retried. With
+several coordinator URLs, one that cannot be reached (or answers 5xx) hands over to the next
+at once (``coordinators.py``); the backoff starts once every URL has failed in turn.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import aiohttp
 import msgspec
 
 from fleetd import __version__
+from fleetd.agent.coordinators import Coordinators
 from fleetd.agent.ollamas import LocalOllamas
 from fleetd.agent.readiness import Readiness
 from fleetd.agent.runtime import CoordinatorMirror, Identity, InFlight, Stop, SupportedModels
@@ -92,6 +95,7 @@ class Link:
         in_flight: InFlight,
         mirror: CoordinatorMirror,
         stop: Stop,
+        coordinators: Coordinators,
     ) -> None:
         self.config = config
         self.session = session
@@ -103,10 +107,14 @@ class Link:
         self.in_flight = in_flight
         self.mirror = mirror
         self.stop = stop
-        self.base = config.coordinator_url
+        self.coordinators = coordinators
         self._cpu_prev: tuple[float, float] | None = None
         self.wake = readiness.listen(Wakeup())
         """Readiness changed: the next heartbeat goes out at once."""
+
+    @property
+    def base(self) -> str:
+        return self.coordinators.current
 
     async def _post(self, path: str, payload: msgspec.Struct) -> RegistrationReply:
         async with self.session.post(
@@ -149,7 +157,9 @@ class Link:
     async def register(self) -> None:
         """Until registered: a refusal for lack of GPU stops the agent; other failures retry."""
         delay = 1.0
+        misses = 0
         while True:
+            base = self.base
             gpus = await self.probe.probe()
             versions, models = await self._installed()
             reg = Registration(
@@ -173,27 +183,33 @@ class Link:
                     )
                     self.stop.fail(EXIT_NO_GPU)
                     return
+                if e.status >= 500 and self.coordinators.failed(base, f"HTTP {e.status}"):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        continue
                 log.warning(
                     "registration at %s refused (HTTP %d): %s; retrying in %.0fs",
-                    self.base,
+                    base,
                     e.status,
                     e,
                     delay,
                 )
             except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as e:
+                if self.coordinators.failed(base, str(e) or type(e).__name__):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        continue  # the next coordinator at once; back off after a full round
                 log.warning(
                     "coordinator %s unreachable (%s); retrying in %.0fs",
-                    self.base,
+                    base,
                     e or type(e).__name__,
                     delay,
                 )
             else:
                 self.identity.registered(reply.id)
-                self.mirror.heard(self.base if reply.mirror else "")
+                self.mirror.heard(base if reply.mirror else "")
                 await self.supported.update(reply.supported_models)
-                log.info(
-                    "registered with %s as agent %s (%s)", self.base, reply.id, self.identity.name
-                )
+                log.info("registered with %s as agent %s (%s)", base, reply.id, self.identity.name)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 30.0)
@@ -213,8 +229,9 @@ class Link:
             status_message=clip(r.message, MESSAGE_MAX),
             loaded_models=sorted(r.loaded()),
         )
+        base = self.base
         reply = await self._post(f"/api/agents/{self.identity.agent_id}/heartbeat", hb)
-        self.mirror.heard(self.base if reply.mirror else "")
+        self.mirror.heard(base if reply.mirror else "")
         await self.supported.update(reply.supported_models)
 
     async def run(self) -> None:
@@ -222,15 +239,22 @@ class Link:
         await self.register()
         interval = self.config.heartbeat_interval_s
         failing_since: float | None = None
+        misses = 0
         while not self.stop.event.is_set():
             await self.wake.wait(interval)
+            base = self.base
             try:
                 await self.heartbeat_once()
+                misses = 0
                 if failing_since is not None:
-                    log.info("coordinator %s reachable again", self.base)
+                    log.info("coordinator %s reachable again", base)
                     failing_since = None
             except _Rejected as e:
-                if e.status == 404:
+                if e.status >= 500 and self.coordinators.failed(base, f"HTTP {e.status}"):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        self.wake.set()  # the next coordinator hears from us at once
+                elif e.status == 404:
                     log.warning(
                         "coordinator does not know agent %s; registering again",
                         self.identity.agent_id,
@@ -239,11 +263,16 @@ class Link:
                 else:
                     log.warning("heartbeat refused (HTTP %d): %s", e.status, e)
             except (aiohttp.ClientError, asyncio.TimeoutError, msgspec.DecodeError) as e:
+                if self.coordinators.failed(base, str(e) or type(e).__name__):
+                    misses += 1
+                    if misses % len(self.coordinators):
+                        self.wake.set()  # the next coordinator hears from us at once
+                        continue
                 if failing_since is None:
                     failing_since = time.monotonic()
                     log.warning(
                         "heartbeat to %s failed (%s); will keep trying",
-                        self.base,
+                        base,
                         e or type(e).__name__,
                     )
 

@@ -14,12 +14,12 @@ import logging
 import aiohttp
 import msgspec
 
+from fleetd.agent.coordinators import Coordinators
 from fleetd.agent.download_entry import REPORT_INTERVAL_S
 from fleetd.agent.download_queue import DownloadQueue
 from fleetd.agent.ollamas import LocalOllamas
 from fleetd.agent.runtime import Identity
 from fleetd.agent.signals import Wakeup
-from fleetd.config import AgentConfig
 from fleetd.core.ollama import OllamaError
 from fleetd.core.wire import InstalledModel, ProgressReply, ProgressReport
 
@@ -35,15 +35,16 @@ class Refused(Exception):
 class Reporter:
     def __init__(
         self,
-        config: AgentConfig,
         session: aiohttp.ClientSession,
         identity: Identity,
+        coordinators: Coordinators,
         dl: DownloadQueue,
         ollamas: LocalOllamas,
     ) -> None:
-        self.config = config
         self.session = session
         self.identity = identity
+        self.coordinators = coordinators
+        self._sent_to = ""
         self.dl = dl
         self.ollamas = ollamas
         self.wake = dl.urgent.listen(Wakeup())
@@ -72,6 +73,9 @@ class Reporter:
             except (aiohttp.ClientError, asyncio.TimeoutError, Refused) as err:
                 if models is not None:
                     self.models_due.set()
+                if isinstance(err, (aiohttp.ClientConnectionError, asyncio.TimeoutError)):
+                    # Unacknowledged updates go again, to the next coordinator if there is one.
+                    self.coordinators.failed(self._sent_to, str(err) or type(err).__name__)
                 if not failing:
                     log.warning(
                         "progress report to the coordinator failed: %s", err or type(err).__name__
@@ -86,7 +90,8 @@ class Reporter:
                 self.dl.cancel(task_id)
 
     async def _post(self, report: ProgressReport) -> ProgressReply:
-        url = f"{self.config.coordinator_url}/api/agents/{self.identity.agent_id}/progress"
+        self._sent_to = self.coordinators.current
+        url = f"{self._sent_to}/api/agents/{self.identity.agent_id}/progress"
         async with self.session.post(
             url,
             data=msgspec.json.encode(report),

@@ -22,6 +22,7 @@ from fleetd.coordinator import (
     tasks_api,
 )
 from fleetd.coordinator.auth import TOKENS, Tokens
+from fleetd.coordinator.cluster import cluster_ctx
 from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.history import history_ctx
@@ -85,9 +86,9 @@ async def build_app(config: Config) -> web.Application:
     Plugins are loaded (so validated) before anything is written, so a misspelt name leaves
     no trace; then ``data_dir`` and the tokens. Every resource opens in ``cleanup_ctx``, in
     dependency order — store → event bus → HTTP client → throttle → registry → inventory →
-    distribution → gateway → catalog → usage accounts → history → mirror — and closes in
-    reverse; when one fails to open, those before it close again (``core/server.serve``
-    cleans up a failed start) and the error is one line.
+    distribution → gateway → catalog → usage accounts → history → mirror → cluster — and
+    closes in reverse; when one fails to open, those before it close again
+    (``core/server.serve`` cleans up a failed start) and the error is one line.
     """
     c = config.coordinator
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
@@ -133,6 +134,7 @@ async def build_app(config: Config) -> web.Application:
             accounts_ctx,
             history_ctx,
             mirror_ctx,
+            cluster_ctx,
         ]
     )
     app.on_shutdown.append(end_streams)

@@ -169,9 +169,18 @@ class CatalogService:
         return self._list is None or _age_s(self._list.fetched_at) >= self.refresh_s
 
     async def refresh(self) -> None:
-        """Read the library once; on failure keep what is cached and remember why."""
+        """Read the library once; on failure keep what is cached and remember why. A copy
+        that another coordinator sharing the database cached meanwhile is taken instead."""
         self._refreshing = True
         try:
+            try:
+                await self.load()
+            except Exception as e:
+                log.warning("model catalog: cannot read the cached copy: %s", e)
+            if self._list is not None and _age_s(self._list.fetched_at) < self.refresh_s:
+                self._body, self._reason = None, None
+                self._tried.set()
+                return
             models = await self._read_list()
         finally:
             self._refreshing = False

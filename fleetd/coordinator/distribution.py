@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -33,7 +33,7 @@ from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
 from fleetd.core.store import STORE, Store, StoreUnavailable
-from fleetd.core.wire import TERMINAL, Agent, ProgressReport, Task, TaskUpdate
+from fleetd.core.wire import TERMINAL, Agent, ProgressReport, Task, TaskUpdate, observe_revision
 
 log = logging.getLogger("fleetd.distribution")
 
@@ -61,6 +61,11 @@ class Distribution:
         self._syncing: dict[str, asyncio.Lock] = {}
         self.on_task: list[Callable[[Task], None]] = []
         """Called on every change of a task (the gateway follows downloads under way)."""
+        # Set by the cluster (cluster.py) when coordinators share a database:
+        self.leading = True
+        """Whether this coordinator re-sends orders that did not arrive (one at a time)."""
+        self.tasks_by_id: Callable[[list[str]], Awaitable[list[Task]]] | None = None
+        """Reads tasks from the database: those another coordinator created just now."""
         registry.on_online.append(self._agent_online)
         registry.on_offline.append(self._agent_offline)
 
@@ -87,7 +92,8 @@ class Distribution:
                 pass  # the store said why; the tasks stay dirty until it can write
             except Exception:
                 log.exception("writing tasks to the store failed; will retry")
-            self.orders.resend_due(self.tasks.get)
+            if self.leading:
+                self.orders.resend_due(self.tasks.get)
 
     async def close(self) -> None:
         await self.jobs.close()
@@ -171,6 +177,46 @@ class Distribution:
         task_state.retry(t, online=a is not None and a.status == "online")
         self._changed(t)
         self.orders.expect(t)
+
+    # -- other coordinators' news (cluster.py) ---------------------------------------------
+
+    def apply_remote(self, copy: Task) -> None:
+        """Another coordinator's copy of a task, read from the database: taken when newer
+        than ours, and published here. The leader makes sure a queued task's order arrives
+        (its creator may die before delivering it; orders are idempotent). The inventory
+        hears of a completion from the other coordinator's own write."""
+        observe_revision(copy.revision)
+        t = self.tasks.get(copy.id)
+        if t is not None and t.revision >= copy.revision:
+            return
+        if t is None:
+            t = copy
+        else:
+            for field in copy.__struct_fields__:
+                setattr(t, field, getattr(copy, field))
+        self.tasks.taken(t)
+        if t.status == "queued":
+            self.orders.expect(t)
+        elif t.status in TERMINAL or t.status == "downloading":
+            self.orders.forget(t.id)
+        self.events.publish("task", t)
+        for fn in self.on_task:
+            fn(t)
+
+    def take_over(self) -> None:
+        """This coordinator now leads: every queued task is ordered again shortly, as after a
+        restart (the coordinator that created it may have died before delivering it)."""
+        for t in self.tasks.values():
+            if t.status == "queued":
+                self.orders.expect(t)
+
+    async def catch_up(self, report: ProgressReport) -> None:
+        """Tasks in ``report`` this coordinator has not heard of yet (just created through
+        another one) are read from the database, lest the agent be told to drop them."""
+        unknown = [u.task_id for u in report.tasks if self.tasks.get(u.task_id) is None]
+        if unknown and self.tasks_by_id is not None:
+            for t in await self.tasks_by_id(unknown):
+                self.apply_remote(t)
 
     # -- agents coming and going ---------------------------------------------------------
 

@@ -85,6 +85,19 @@ class Inventory:
         self._set(agent_id, models)
         self._changed(agent_id)
 
+    def taken(self, agent_id: str, models: list[InstalledModel]) -> None:
+        """The agent's list as another coordinator wrote it (cluster.py): kept, not written
+        again."""
+        by_name = {m.name: m for m in models}
+        self._as_of[agent_id] = utcnow()
+        if self._models.get(agent_id) != by_name:
+            self._set(agent_id, by_name)
+            for fn in self.on_change:
+                try:
+                    fn(agent_id)
+                except Exception:
+                    log.exception("listener %r failed for agent %s", fn, agent_id)
+
     def _set(self, agent_id: str, models: dict[str, InstalledModel]) -> None:
         for name in self._models.get(agent_id, _NONE).keys() - models.keys():
             holders = self._holders[name]

@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timezone
 
 from aiohttp import web
@@ -22,7 +22,14 @@ from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.store import STORE, Store, StoreUnavailable
-from fleetd.core.wire import Agent, Heartbeat, Registration, next_revision, utcnow
+from fleetd.core.wire import (
+    Agent,
+    Heartbeat,
+    Registration,
+    next_revision,
+    observe_revision,
+    utcnow,
+)
 
 log = logging.getLogger("fleetd.registry")
 
@@ -62,6 +69,8 @@ class Registry:
         self.on_online: list[Listener] = []
         """Called when an agent registers or comes back from offline."""
         self.on_offline: list[Listener] = []
+        self.on_offline_elsewhere: list[Listener] = []
+        """Called when another coordinator judged an agent offline (cluster.py)."""
         self.on_change: list[Listener] = []
         """Called on every change, heartbeats included (balancer, gate)."""
         self.on_silent: list[Listener] = []
@@ -78,6 +87,16 @@ class Registry:
         self._written: asyncio.Future[None] | None = None
         """Settled when the write that takes ``_batch`` is done."""
         self._writing = False
+        # Set by the cluster (cluster.py) when coordinators share a database:
+        self.arbiter: Callable[[Agent], Awaitable[Agent]] | None = None
+        """Given a new agent, the one the database already holds for its instance (or URL),
+        else the new one, recorded: registrations agree on ids across coordinators."""
+        self.leading = True
+        """Whether this coordinator runs the offline sweep (one coordinator at a time)."""
+        self.heard_within: Callable[[list[str], float], Awaitable[set[str]]] | None = None
+        """Which of these agents some coordinator heard from lately (asked before sweeping)."""
+        self.contacted: set[str] | None = None
+        """Agents heard from here since the cluster last wrote their contact (None: alone)."""
 
     async def load(self) -> None:
         now = self.clock()
@@ -126,6 +145,12 @@ class Registry:
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
         )
+        fresh = self._new(reg)
+        if agent_id is None and self.arbiter is not None:
+            found = await self.arbiter(fresh)
+            if found.id != fresh.id:  # registered through another coordinator
+                self.apply_remote(found)
+                agent_id = found.id
         was_online = False
         if agent_id is not None:
             a = self.agents[agent_id]
@@ -139,17 +164,7 @@ class Registry:
             if reg.instance_id:
                 a.instance_id = reg.instance_id
         else:
-            a = Agent(
-                id=uuid.uuid4().hex[:12],
-                name=reg.name,
-                url=reg.url,
-                gpus=reg.gpus,
-                instance_id=reg.instance_id,
-                version=reg.version,
-                ollama_versions=reg.ollama_versions,
-            )
-            if reg.heartbeat_interval_s:
-                a.heartbeat_interval_s = reg.heartbeat_interval_s
+            a = fresh
         a.status = "online"
         a.last_seen = utcnow()
         if not was_online:
@@ -157,6 +172,7 @@ class Registry:
             a.total_models = total_models
         self._index(a)
         self._contact(a.id)
+        a.revision = next_revision()  # the copy other coordinators read is the newer one
         await self._save(a)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
@@ -191,6 +207,21 @@ class Registry:
                     done.set_result(None)
         finally:
             self._writing = False
+
+    @staticmethod
+    def _new(reg: Registration) -> Agent:
+        a = Agent(
+            id=uuid.uuid4().hex[:12],
+            name=reg.name,
+            url=reg.url,
+            gpus=reg.gpus,
+            instance_id=reg.instance_id,
+            version=reg.version,
+            ollama_versions=reg.ollama_versions,
+        )
+        if reg.heartbeat_interval_s:
+            a.heartbeat_interval_s = reg.heartbeat_interval_s
+        return a
 
     def heartbeat(self, agent_id: str, hb: Heartbeat) -> Agent | None:
         a = self.agents.get(agent_id)
@@ -227,6 +258,11 @@ class Registry:
         return a
 
     def _contact(self, agent_id: str) -> None:
+        if self.contacted is not None:
+            self.contacted.add(agent_id)
+        self._seen_now(agent_id)
+
+    def _seen_now(self, agent_id: str) -> None:
         now = self._seen[agent_id] = self.clock()
         self._seen.move_to_end(agent_id)
         self._watch_silence(agent_id, now)
@@ -242,6 +278,57 @@ class Registry:
         offline one comes back with its next heartbeat)."""
         if agent_id in self._seen:
             self._contact(agent_id)
+
+    # -- other coordinators' news (cluster.py) ---------------------------------------------
+
+    def apply_remote(self, copy: Agent) -> None:
+        """Another coordinator's copy of an agent, read from the database: taken when newer
+        than ours. Listeners that keep views (``on_change``, ``on_offline``) hear of it;
+        ``on_online`` does not, since the coordinator that saw the agent arrive acts on it."""
+        observe_revision(copy.revision)
+        a = self.agents.get(copy.id)
+        if a is not None and a.revision >= copy.revision:
+            return
+        was_online = a is not None and a.status == "online"
+        if a is None:
+            a = copy
+        else:
+            if a.url != copy.url:
+                self._by_url.pop(a.url, None)
+            for field in copy.__struct_fields__:
+                setattr(a, field, getattr(copy, field))
+        self._index(a)
+        if a.status == "online":
+            if not was_online:
+                self._seen_now(a.id)
+        else:
+            self._seen.pop(a.id, None)
+        self.events.publish("agent", a)
+        self._notify(self.on_change, a)
+        if was_online and a.status == "offline":
+            self._notify(self.on_offline_elsewhere, a)
+
+    def heard_elsewhere(self, agent_ids: list[str]) -> None:
+        """Another coordinator heard from these agents just now: they are alive."""
+        now = utcnow()
+        for agent_id in agent_ids:
+            if agent_id in self._seen:
+                self._seen_now(agent_id)
+                self.agents[agent_id].last_seen = now
+
+    async def _confirm_expired(self) -> None:
+        """Before the sweep: expiring agents that some coordinator heard from lately (a news
+        that may not have reached us) are alive."""
+        if self.heard_within is None:
+            return
+        deadline = self.clock() - self.timeout
+        expiring = []
+        for agent_id, seen in self._seen.items():
+            if seen >= deadline:
+                break
+            expiring.append(agent_id)
+        if expiring:
+            self.heard_elsewhere(list(await self.heard_within(expiring, self.timeout)))
 
     def sweep(self) -> None:
         """Agents silent for longer than the timeout go offline; O(agents expired)."""
@@ -301,7 +388,15 @@ class Registry:
         interval = min(1.0, self.timeout / 4)
         while True:
             await asyncio.sleep(interval)
-            self.sweep()
+            if self.leading:
+                try:
+                    await self._confirm_expired()
+                except Exception as e:
+                    log.warning("cannot read other coordinators' contacts; not sweeping: %s", e)
+                else:
+                    self.sweep()
+            else:
+                self._sweep_silent()  # the leader judges who is offline; suspicion is local
             try:
                 await self.flush()
             except StoreUnavailable:

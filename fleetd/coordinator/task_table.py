@@ -61,6 +61,12 @@ class TaskTable:
         self._dirty.add(t.id)
         self._index(t)
 
+    def taken(self, t: Task) -> None:
+        """``t`` is another coordinator's copy, just read from the store: indexed, neither
+        given a revision of ours nor written again."""
+        self._tasks[t.id] = t
+        self._index(t)
+
     def _index(self, t: Task) -> None:
         by_agent = self._active.get(t.model)
         if t.status not in TERMINAL:

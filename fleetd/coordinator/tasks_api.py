@@ -239,4 +239,5 @@ async def agent_progress(request: web.Request) -> web.Response:
     dist = request.app[DISTRIBUTION]
     if report.models is not None:
         request.app[INVENTORY].report(agent_id, report.models)
+    await dist.catch_up(report)
     return json_response(ProgressReply(cancel=dist.ingest(agent_id, report)))

@@ -85,6 +85,48 @@ TABLES = ("agents", "tasks", "installed", "installed_as_of", "kv", "api_keys", "
 _MIGRATION_LOCK = 0x666C656574640001
 """pg_advisory_xact_lock key: coordinators starting at once migrate one after the other."""
 
+CHANGES = "fleetd_changes"
+"""The NOTIFY channel on which coordinators sharing the database announce what they wrote."""
+NOTIFY_MAX = 7000
+"""PostgreSQL refuses payloads of 8000 bytes or more; longer id lists go in several."""
+
+_CONTACT_TABLE = """
+    CREATE UNLOGGED TABLE IF NOT EXISTS fleetd_contact (
+        agent_id TEXT PRIMARY KEY,
+        seen_at TIMESTAMPTZ NOT NULL
+    )
+"""
+"""When some coordinator last heard from each agent. Not part of the schema versions: it
+exists only on PostgreSQL, where several coordinators share the fleet, and is written
+constantly and worth nothing after a crash (a restarted coordinator gives every agent a full
+timeout), hence UNLOGGED: no WAL, so heartbeats cost PostgreSQL little."""
+
+
+class Change(msgspec.Struct, omit_defaults=True):
+    """One NOTIFY payload: who wrote (``o``rigin), what kind of rows and which ids. Kinds:
+    ``a`` agents, ``t`` tasks, ``i`` installed models (by agent id), ``c`` contacts."""
+
+    o: str
+    k: str
+    ids: list[str]
+
+
+def change_payloads(origin: str, kind: str, ids: list[str]) -> list[str]:
+    """``ids`` split into payloads each under PostgreSQL's limit."""
+    out: list[str] = []
+    chunk: list[str] = []
+    size = 0
+    for i in ids:
+        if chunk and size + len(i) + 3 > NOTIFY_MAX:
+            out.append(msgspec.json.encode(Change(o=origin, k=kind, ids=chunk)).decode())
+            chunk, size = [], 0
+        chunk.append(i)
+        size += len(i) + 3
+    if chunk:
+        out.append(msgspec.json.encode(Change(o=origin, k=kind, ids=chunk)).decode())
+    return out
+
+
 CONNECT_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 30.0
 
@@ -128,6 +170,9 @@ class PgStore(PgKeyStore):
         self._agent_dec = msgspec.msgpack.Decoder(Agent)
         self._task_dec = msgspec.msgpack.Decoder(Task)
         self._model_dec = msgspec.msgpack.Decoder(InstalledModel)
+        self.origin = ""
+        """Set by the cluster (coordinator/cluster.py): writes then announce themselves on
+        ``CHANGES`` in their own transaction, so others read them once committed."""
 
     async def open(self) -> None:
         self.pool = await asyncpg.create_pool(
@@ -165,6 +210,7 @@ class PgStore(PgKeyStore):
                 await conn.execute(script)
                 await conn.execute("INSERT INTO fleetd_schema(version) VALUES ($1)", i)
                 log.info("database %s migrated to schema version %d", self.where, i)
+            await conn.execute(_CONTACT_TABLE)
 
     # -- failures ----------------------------------------------------------------------
 
@@ -255,12 +301,20 @@ class PgStore(PgKeyStore):
         for _, fut in batch:
             settle(fut, None)
 
-    async def _write(self, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    async def _announce(self, conn: Conn, kind: str, ids: list[str]) -> None:
+        if self.origin and ids:
+            for payload in change_payloads(self.origin, kind, ids):
+                await conn.execute("SELECT pg_notify($1, $2)", CHANGES, payload)
+
+    async def _write(
+        self, sql: str, rows: list[tuple[Any, ...]], kind: str = "", ids: list[str] | None = None
+    ) -> None:
         if not rows:
             return
 
         async def op(conn: Conn) -> None:
             await conn.executemany(sql, rows)
+            await self._announce(conn, kind, ids or [])
 
         await self._submit(op)
 
@@ -307,6 +361,8 @@ class PgStore(PgKeyStore):
             " ON CONFLICT (id) DO UPDATE SET url = EXCLUDED.url,"
             " instance_id = EXCLUDED.instance_id, data = EXCLUDED.data",
             rows,
+            "a",
+            [r[0] for r in rows],
         )
 
     async def load_tasks(self) -> list[Task]:
@@ -319,6 +375,8 @@ class PgStore(PgKeyStore):
             " ON CONFLICT (id) DO UPDATE SET agent_id = EXCLUDED.agent_id,"
             " status = EXCLUDED.status, data = EXCLUDED.data",
             rows,
+            "t",
+            [r[0] for r in rows],
         )
 
     async def load_installed(self) -> dict[str, list[InstalledModel]]:
@@ -338,6 +396,7 @@ class PgStore(PgKeyStore):
                     " ON CONFLICT (agent_id, model) DO UPDATE SET data = EXCLUDED.data",
                     rows,
                 )
+            await self._announce(conn, "i", [agent_id])
 
         await self._submit(op)
 
@@ -362,6 +421,81 @@ class PgStore(PgKeyStore):
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             [(key, value)],
         )
+
+    # -- for coordinators sharing the database (coordinator/cluster.py) --------------------
+
+    async def agents_by_id(self, ids: list[str]) -> list[Agent]:
+        rows = await self._fetch("SELECT data FROM agents WHERE id = ANY($1)", ids)
+        return [self._agent_dec.decode(r[0]) for r in rows]
+
+    async def tasks_by_id(self, ids: list[str]) -> list[Task]:
+        rows = await self._fetch("SELECT data FROM tasks WHERE id = ANY($1)", ids)
+        return [self._task_dec.decode(r[0]) for r in rows]
+
+    async def installed_of(self, agent_ids: list[str]) -> dict[str, list[InstalledModel]]:
+        out: dict[str, list[InstalledModel]] = {a: [] for a in agent_ids}
+        sql = "SELECT agent_id, data FROM installed WHERE agent_id = ANY($1)"
+        for agent_id, data in await self._fetch(sql, agent_ids):
+            out[agent_id].append(self._model_dec.decode(data))
+        return out
+
+    async def claim_agent(self, fresh: Agent) -> Agent:
+        """The agent already recorded with ``fresh``'s instance id (else URL), or ``fresh``
+        itself, inserted: one transaction under a lock on the instance, so coordinators that
+        register the same agent at once agree on its id."""
+
+        async def claim(conn: Conn) -> Agent:
+            async with conn.transaction():
+                key = fresh.instance_id or fresh.url
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtext($1))", key)
+                data = None
+                if fresh.instance_id:
+                    data = await conn.fetchval(
+                        "SELECT data FROM agents WHERE instance_id = $1 LIMIT 1", fresh.instance_id
+                    )
+                if data is None:
+                    data = await conn.fetchval(
+                        "SELECT data FROM agents WHERE url = $1 LIMIT 1", fresh.url
+                    )
+                if data is not None:
+                    found: Agent = self._agent_dec.decode(data)
+                    return found
+                await conn.execute(
+                    "INSERT INTO agents(id, url, instance_id, data) VALUES ($1,$2,$3,$4)",
+                    fresh.id,
+                    fresh.url,
+                    fresh.instance_id,
+                    self._enc.encode(fresh),
+                )
+                await self._announce(conn, "a", [fresh.id])
+                return fresh
+
+        return await self._with_conn(claim)
+
+    async def save_contacts(self, agent_ids: list[str]) -> None:
+        """These agents were heard from just now (the database's clock)."""
+
+        async def op(conn: Conn) -> None:
+            await conn.execute(
+                "INSERT INTO fleetd_contact(agent_id, seen_at)"
+                " SELECT unnest($1::text[]), now()"
+                " ON CONFLICT (agent_id) DO UPDATE SET seen_at = EXCLUDED.seen_at",
+                agent_ids,
+            )
+            await self._announce(conn, "c", agent_ids)
+
+        if agent_ids:
+            await self._submit(op)
+
+    async def heard_within(self, agent_ids: list[str], seconds: float) -> set[str]:
+        """Which of ``agent_ids`` some coordinator heard from in the last ``seconds``."""
+        rows = await self._fetch(
+            "SELECT agent_id FROM fleetd_contact WHERE agent_id = ANY($1)"
+            " AND seen_at > now() - make_interval(secs => $2)",
+            agent_ids,
+            seconds,
+        )
+        return {r[0] for r in rows}
 
 
 async def open_pg_store(url: str, key: str) -> PgStore:

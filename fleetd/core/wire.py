@@ -6,7 +6,6 @@ Timestamps are UTC datetimes (ISO 8601 on the wire).
 
 from __future__ import annotations
 
-import itertools
 import time
 from datetime import datetime, timezone
 from typing import Annotated, Literal
@@ -62,19 +61,29 @@ def utcnow() -> datetime:
     return datetime.now(timezone.utc)
 
 
-_revisions = itertools.count(time.time_ns() // 1000)
+_last_revision = 0
 
 
 def next_revision() -> int:
     """The ``revision`` for an agent or task that just changed.
 
-    Copies of one object reach a client by several ways (REST replies, SSE messages) and out
-    of order; the higher revision is the newer copy. One counter for all objects, started from
-    the clock in microseconds, so revisions keep growing across a coordinator restart (a
-    restart reloads objects whose last changes may not have been written) while staying
-    exact as JavaScript numbers.
+    Copies of one object reach a client by several ways (REST replies, SSE messages, other
+    coordinators sharing the database) and out of order; the higher revision is the newer
+    copy. The wall clock in microseconds, or one more than the last revision made or
+    ``observe``d here when that is higher: revisions keep growing across a coordinator
+    restart, and a change made after reading another coordinator's copy outranks it (a
+    Lamport clock), while staying exact as JavaScript numbers.
     """
-    return next(_revisions)
+    global _last_revision
+    _last_revision = max(_last_revision + 1, time.time_ns() // 1000)
+    return _last_revision
+
+
+def observe_revision(revision: int) -> None:
+    """A copy with ``revision`` came from another coordinator: later changes here outrank it."""
+    global _last_revision
+    if revision > _last_revision:
+        _last_revision = revision
 
 
 class InstalledModel(msgspec.Struct, kw_only=True):

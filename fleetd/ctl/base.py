@@ -80,9 +80,11 @@ def run(ctx: click.Context, body: Callable[[Client], Awaitable[int | None]]) -> 
     """Run ``body`` with a client; a CtlError is one line on stderr and exit status 1."""
     # `fleetd --coordinator URL ctl …` (the top-level agent flags) counts too, below ctl's own.
     root = ctx.find_root().params
+    # Several (for an agent's failover) name coordinators sharing one fleet: ask the first.
+    urls = [u.strip() for arg in root.get("coordinator_urls") or () for u in arg.split(",")]
     try:
         target = resolve(
-            setting(ctx, "coordinator") or root.get("coordinator_url"),
+            setting(ctx, "coordinator") or next((u for u in urls if u), None),
             setting(ctx, "config") or root.get("config_path"),
             setting(ctx, "data_dir") or root.get("data_dir"),
             dict(os.environ),
