@@ -200,11 +200,15 @@ class Mirror:
         (the dashboard's cache fill, live)."""
         last = msgspec.structs.replace(self.counters)
         ticks = 0
+        was_busy = False
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             ticks += 1
-            if self.counters != last or self.fetcher.flights:
+            busy = bool(self.fetcher.flights)
+            # One more message after the last fetch ends: it carries the blob's "complete".
+            if self.counters != last or busy or was_busy:
                 last = msgspec.structs.replace(self.counters)
+                was_busy = busy
                 if events.subscribers:
                     events.publish("mirror", await self.status())
             if ticks % round(SAVE_INTERVAL_S / PUBLISH_INTERVAL_S) == 0:
