@@ -294,6 +294,8 @@ class Result:
     max_lag: float
     max_gap: float
     register_s: float
+    sse_kb_s: float | None
+    """Bytes per second one open dashboard receives on ``/api/events`` (fleetd only)."""
 
 
 async def time_list(session: aiohttp.ClientSession, url: str, n: int) -> tuple[float, int]:
@@ -310,6 +312,21 @@ async def time_list(session: aiohttp.ClientSession, url: str, n: int) -> tuple[f
     if len(agents) != n:
         print(f"  warning: the list holds {len(agents)} agents, expected {n}", file=sys.stderr)
     return statistics.median(times) * 1000, sum(a.status != "online" for a in agents)
+
+
+class SseMeter:
+    """One dashboard's ``/api/events`` stream, read as fast as it comes; bytes counted."""
+
+    def __init__(self) -> None:
+        self.bytes = 0
+
+    async def read(self, session: aiohttp.ClientSession, url: str) -> None:
+        async with session.get(
+            url + "/api/events", headers=ADMIN_HEADERS, timeout=aiohttp.ClientTimeout()
+        ) as r:
+            r.raise_for_status()
+            async for chunk in r.content.iter_any():
+                self.bytes += len(chunk)
 
 
 async def measure(kind: str, n: int, args: argparse.Namespace, profile: Path | None) -> Result:
@@ -338,6 +355,9 @@ async def _drive_and_measure(
         *(asyncio.create_task(load.register_all(agents[w::workers])) for w in range(workers)),
         *(asyncio.create_task(load.drive(agents[w::workers], t0)) for w in range(workers)),
     ]
+    sse = SseMeter()
+    if target.name == "fleetd":
+        drivers.append(asyncio.create_task(sse.read(session, target.url)))
     try:
         while load.registered < n:
             await asyncio.sleep(0.2)
@@ -351,8 +371,9 @@ async def _drive_and_measure(
         load.reset_window()
         cpu0 = await asyncio.to_thread(tree_cpu_s, target.proc.pid)
         loop0 = await asyncio.to_thread(thread_cpu_s, target.proc.pid)
-        beats, own0, w0 = load.heartbeats, own_cpu_s(), loop.time()
+        beats, own0, w0, sse0 = load.heartbeats, own_cpu_s(), loop.time(), sse.bytes
         await asyncio.sleep(args.duration)
+        sse1 = sse.bytes
         cpu1 = await asyncio.to_thread(tree_cpu_s, target.proc.pid)
         loop1 = await asyncio.to_thread(thread_cpu_s, target.proc.pid)
         own1, w1 = own_cpu_s(), loop.time()
@@ -382,6 +403,7 @@ async def _drive_and_measure(
         max_lag=load.max_lag,
         max_gap=max(a.max_gap for a in agents),
         register_s=register_s,
+        sse_kb_s=(sse1 - sse0) / (w1 - w0) / 1000 if target.name == "fleetd" else None,
     )
 
 
@@ -407,9 +429,10 @@ def report(results: list[Result], ns: list[int], interval: float) -> None:
         "| of which event-loop thread | RSS MB (goal ≤ 150 at 5k) "
         "| GET /api/agents ms (goal ≤ 200 at 5k) | misjudged offline (goal 0) "
         "| registration s | load gen CPU % "
-        "| heartbeats/s (target) | max lag s | max gap s |"
+        "| heartbeats/s (target) | max lag s | max gap s "
+        "| /api/events KB/s per dashboard (goal ≤ 150 at 5k) |"
     )
-    print("|" + "---|" * 12)
+    print("|" + "---|" * 13)
     for n in ns:
         f = _median(results, "fleetd", n, "cpu_pct")
         b = _median(results, "bare", n, "cpu_pct")
@@ -424,7 +447,8 @@ def report(results: list[Result], ns: list[int], interval: float) -> None:
             f"| {pair(n, 'register_s')} | {pair(n, 'load_cpu_pct', '.0f')} "
             f"| {pair(n, 'hb_rate', '.0f')} ({n / interval:.0f}) "
             f"| {_fmt(max(lags) if lags else None, '.2f')} "
-            f"| {_fmt(max(gaps) if gaps else None, '.1f')} |"
+            f"| {_fmt(max(gaps) if gaps else None, '.1f')} "
+            f"| {_fmt(_median(results, 'fleetd', n, 'sse_kb_s'), '.0f')} |"
         )
     print(
         "\nPairs read fleetd / bare (medians over rounds). CPU: the target's process tree, "
@@ -459,7 +483,8 @@ async def main_async(args: argparse.Namespace) -> int:
                     f"  registered in {r.register_s:.1f} s; CPU {r.cpu_pct:.1f} % "
                     f"({r.loop_cpu_pct:.1f} % in the event-loop thread), "
                     f"RSS {r.rss_mb:.0f} MB, list {r.list_ms:.0f} ms, "
-                    f"{r.hb_rate:.0f} heartbeats/s, load gen CPU {r.load_cpu_pct:.0f} %",
+                    f"{r.hb_rate:.0f} heartbeats/s, load gen CPU {r.load_cpu_pct:.0f} %"
+                    + (f", /api/events {r.sse_kb_s:.0f} KB/s" if r.sse_kb_s is not None else ""),
                     flush=True,
                 )
                 if profile is not None:

@@ -4,7 +4,7 @@ Each built-in balancer (loaded through its entry point) holds N ready agents and
 state: pick an agent, count the request as started, end the oldest of ``--in-flight`` running
 requests, and every ``--heartbeat-every`` picks refresh one agent's heartbeat figures. Reported:
 the time of ``pick`` alone and of the whole cycle, then the same cycle through the coordinator's
-Gateway (pool lookup, in-flight accounting), and the ratio of the largest N to the smallest.
+gateway's pools (pool lookup, in-flight accounting), and the ratio of the largest N to the smallest.
 
     python -m bench.balancer [--sizes 100,1000,10000] [--picks 200000]
 """
@@ -15,13 +15,11 @@ import argparse
 import random
 import time
 from collections import deque
-from types import SimpleNamespace
 from typing import cast
 
-from fleetd.config import CoordinatorConfig
-from fleetd.coordinator.gateway import Gateway
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
+from fleetd.coordinator.pools import Pools
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.plugins import load_plugin
 from fleetd.core.store import Store
@@ -62,21 +60,20 @@ def run_pool(name: str, n: int, picks: int, in_flight: int, hb_every: int) -> tu
 
 
 def run_gateway(name: str, n: int, picks: int, in_flight: int) -> float:
-    """µs per pick + start + end through the Gateway, as a request pays for it."""
+    """µs per pick + start + end through the pools, as a request pays for it."""
     cls = load_plugin("fleetd.balancer", name, "coordinator.balancer")
-    registry = SimpleNamespace(agents={}, on_change=[])
     inventory = Inventory(cast(Store, None))  # in memory only: never flushed here
-    gw = Gateway(CoordinatorConfig(supported_models=[MODEL]), registry, cls, Metrics(), inventory)  # type: ignore[arg-type]
+    gw = Pools([MODEL], {}, cls, Metrics(), inventory)
     for i in range(n):
         gw.agent_changed(Agent(id=f"agent-{i:05d}", name="a", url="http://x", initializing=False))
     running: deque[str] = deque()
     started = time.perf_counter()
     for _ in range(picks):
-        agent_id = gw._pick(MODEL)
+        agent_id = gw.pick(MODEL)
         assert agent_id is not None
         running.append(agent_id)
         if len(running) > in_flight:
-            gw._end(running.popleft())
+            gw.end(running.popleft())
     return 1e6 * (time.perf_counter() - started) / picks
 
 

@@ -1,15 +1,15 @@
-"""Builds the coordinator's aiohttp Application: resources in cleanup_ctx order, one route table."""
+"""Builds the coordinator's aiohttp Application: checks, resources in cleanup_ctx order, routes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from aiohttp import web
 
-from fleetd.config import Config, expand
+from fleetd.config import Config, CoordinatorConfig, expand
 from fleetd.coordinator import (
     agents_api,
     catalog_api,
@@ -33,13 +33,13 @@ from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, ser
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.model_sets import model_sets_ctx
-from fleetd.coordinator.registry import REGISTRY, Registry, run_registry
+from fleetd.coordinator.registry import run_registry
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.coordinator.usage import accounts_ctx
 from fleetd.coordinator.vram import sizes_ctx
 from fleetd.core import tokens
 from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
-from fleetd.core.events import EVENTS, EventBus
+from fleetd.core.events import EVENTS, events_ctx
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
 from fleetd.core.server import SHUTDOWN_TIMEOUT_S
@@ -47,6 +47,8 @@ from fleetd.core.store import STORE, SqliteStore, Store
 from fleetd.core.throttle import THROTTLE, Throttle, run_throttle
 
 log = logging.getLogger("fleetd.coordinator")
+
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
 
 
 def _prepare_data_dir(path: Path) -> None:
@@ -56,9 +58,45 @@ def _prepare_data_dir(path: Path) -> None:
         raise StartupError(f"coordinator.data_dir = {str(path)!r}: {e.strerror}") from None
 
 
+async def open_store(c: CoordinatorConfig, data_dir: Path) -> Store:
+    """PostgreSQL when ``database_url`` is set, else SQLite in ``data_dir``; a ``StartupError``
+    of one line when it cannot be opened."""
+    if c.database_url:
+        from fleetd.core.pgstore import open_pg_store
+
+        return await open_pg_store(c.database_url, "coordinator.database_url")
+    sqlite = SqliteStore(data_dir / "fleetd.db")
+    try:
+        await sqlite.open()
+    except Exception as e:
+        raise StartupError(f"coordinator.data_dir: cannot open database {sqlite.path}: {e}") from e
+    return sqlite
+
+
+def store_ctx(c: CoordinatorConfig, data_dir: Path) -> CleanupCtx:
+    async def ctx(app: web.Application) -> AsyncIterator[None]:
+        store = app[STORE] = await open_store(c, data_dir)
+        try:
+            yield
+        finally:
+            await store.close()
+
+    return ctx
+
+
 async def build_app(config: Config) -> web.Application:
-    """Everything that can fail at start-up (data_dir, tokens, plugins, database) fails here."""
+    """Checks first, then lays out the resources; nothing is opened here.
+
+    Plugins are loaded (so validated) before anything is written, so a misspelt name leaves
+    no trace; then ``data_dir`` and the tokens. Every resource opens in ``cleanup_ctx``, in
+    dependency order — store → event bus → HTTP client → throttle → registry → inventory →
+    distribution → gateway → catalog → usage accounts → history → mirror → cluster — and
+    closes in reverse; when one fails to open, those before it close again
+    (``core/server.serve`` cleans up a failed start) and the error is one line.
+    """
     c = config.coordinator
+    balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
+    catalog = load_plugin("fleetd.catalog", c.catalog, "coordinator.catalog")
     data_dir = expand(c.data_dir)
     await asyncio.to_thread(_prepare_data_dir, data_dir)
     admin = await asyncio.to_thread(
@@ -68,22 +106,6 @@ async def build_app(config: Config) -> web.Application:
         tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
     )
     tokens.check_tokens(admin, agent, config.secrets.api_keys)
-    store: Store
-    if c.database_url:
-        from fleetd.core.pgstore import open_pg_store
-
-        store = await open_pg_store(c.database_url, "coordinator.database_url")
-    else:
-        sqlite = SqliteStore(data_dir / "fleetd.db")
-        try:
-            await sqlite.open()
-        except Exception as e:
-            raise StartupError(
-                f"coordinator.data_dir: cannot open database {sqlite.path}: {e}"
-            ) from e
-        store = sqlite
-
-    balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, loops.loop_guard],
         client_max_size=MAX_BODY_BYTES,
@@ -94,16 +116,9 @@ async def build_app(config: Config) -> web.Application:
     app[loops.SELF_ID] = self_id = loops.new_instance_id()
     app.on_response_prepare.append(loops.stamp)
     app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
-    app[STORE] = store
     app[THROTTLE] = Throttle()
-    app[EVENTS] = EventBus()
     app[METRICS] = Metrics()
-    app[REGISTRY] = Registry(store, app[EVENTS], c.heartbeat_timeout_s)
     app[dashboard.ASSETS] = await dashboard.load_assets()
-
-    async def close_store(app: web.Application) -> AsyncIterator[None]:
-        yield
-        await store.close()
 
     async def end_streams(app: web.Application) -> None:
         app[EVENTS].close_all()
@@ -111,23 +126,24 @@ async def build_app(config: Config) -> web.Application:
 
     app.cleanup_ctx.extend(
         [
-            close_store,
+            store_ctx(c, data_dir),
             model_sets_ctx(c),
+            events_ctx,
             client_ctx(headers={loops.HEADER: self_id}),
             sizes_ctx,
+            run_throttle,
             run_registry,
             inventory_ctx,
             run_distribution,
+            gateway_ctx(balancer),
+            catalog_api.catalog_ctx(c, catalog),
+            fleet_api.follow_model_sets,
+            accounts_ctx,
+            history_ctx,
+            mirror_ctx,
+            cluster_ctx,
         ]
     )
-    app.cleanup_ctx.append(run_throttle)
-    app.cleanup_ctx.append(gateway_ctx(balancer))
-    app.cleanup_ctx.append(catalog_api.catalog_ctx(c))
-    app.cleanup_ctx.append(fleet_api.follow_model_sets)
-    app.cleanup_ctx.append(accounts_ctx)
-    app.cleanup_ctx.append(history_ctx)
-    app.cleanup_ctx.append(mirror_ctx)
-    app.cleanup_ctx.append(cluster_ctx)
     app.on_shutdown.append(end_streams)
     app.router.add_routes(agents_api.routes)
     app.router.add_routes(events_api.routes)

@@ -35,7 +35,6 @@ from fleetd.core.catalog import (
 )
 from fleetd.core.errors import ApiError, bad_request
 from fleetd.core.http import CLIENT
-from fleetd.core.plugins import load_plugin
 from fleetd.core.store import STORE, Store
 from fleetd.core.wire import utcnow
 
@@ -343,11 +342,10 @@ CATALOG = web.AppKey("catalog", CatalogService)
 
 
 def catalog_ctx(
-    settings: CoordinatorConfig,
+    settings: CoordinatorConfig, source_cls: Callable[..., Catalog]
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The cleanup_ctx entry for the catalog; the plugin is looked up now, so an unknown
-    ``coordinator.catalog`` fails start-up. Register it after the inventory's entry."""
-    source_cls = load_plugin("fleetd.catalog", settings.catalog, "coordinator.catalog")
+    """The cleanup_ctx entry for the catalog, with the plugin ``settings.catalog`` names
+    (loaded before start-up, so an unknown name fails it). After the inventory's entry."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         inventory = app[INVENTORY]

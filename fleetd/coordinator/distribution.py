@@ -71,7 +71,7 @@ class Distribution:
         placement or the supported list, less what cannot fit its GPUs)."""
         self.tasks = TaskTable(store)
         self.orders = Orders(registry, session, agent_token, self.apply, self._refused)
-        self.jobs = Jobs(log)
+        self.jobs = Jobs("distribution")
         self._syncing: dict[str, asyncio.Lock] = {}
         self.on_task: list[Callable[[Task], None]] = []
         """Called on every change of a task (the gateway follows downloads under way)."""
@@ -325,10 +325,12 @@ async def run_distribution(app: web.Application) -> AsyncIterator[None]:
         wanted,
     )
     app[DISTRIBUTION] = dist
-    await dist.load()
-    for agent in dist.registry.online():
-        # The supported list may have changed while we were down; what agents hold is known.
-        await dist.sync(agent.id, ask=False)
-    async with background(dist.run(), "distribution"):
-        yield
-    await dist.close()
+    try:
+        await dist.load()
+        for agent in dist.registry.online():
+            # The supported list may have changed while we were down; what agents hold is known.
+            await dist.sync(agent.id, ask=False)
+        async with background(dist.run(), "distribution"):
+            yield
+    finally:
+        await dist.close()  # also when start-up fails after orders went out

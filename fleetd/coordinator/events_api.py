@@ -21,15 +21,20 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
         }
     )
     await resp.prepare(request)
-    await resp.write(b"retry: 2000\n\n")
 
     def hang_up() -> None:
         if request.transport is not None:
             request.transport.abort()  # close() would wait to send what it never will
 
+    # Subscribed before the first byte goes out: a client that has read the retry line
+    # misses no change made after that.
+    messages = request.app[EVENTS].subscribe(on_drop=hang_up)
     try:
-        async for msg in request.app[EVENTS].subscribe(on_drop=hang_up):
+        await resp.write(b"retry: 2000\n\n")
+        async for msg in messages:
             await resp.write(msg)
     except ConnectionResetError:
         pass
+    finally:
+        messages.close()
     return resp

@@ -136,11 +136,12 @@ async def put_supported(request: web.Request) -> web.Response:
 async def follow_model_sets(app: web.Application) -> AsyncIterator[None]:
     """After the distribution's, gateway's and catalog's entries: a changed supported list
     reaches each of them, and the dashboards."""
-    sets, sizes, gateway = app[MODEL_SETS], app[MODEL_SIZES], app[GATEWAY]
-    gateway.holds = lambda a: fitting(a, sets.for_agent(a), sizes)
+    sets, sizes, pools = app[MODEL_SETS], app[MODEL_SIZES], app[GATEWAY].pools
+    pools.holds = lambda a: fitting(a, sets.for_agent(a), sizes)
+    registry = app[REGISTRY]
 
     def apply() -> None:
-        gateway.set_supported(sets.everything())
+        pools.set_supported(sets.everything(), registry.agents.values())
         catalog = app[CATALOG]
         catalog.supported = list(sets.supported)
         catalog.supported_repos = {repo_name(m) for m in sets.supported}

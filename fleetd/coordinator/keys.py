@@ -30,7 +30,9 @@ STATIC = KeyRow(id="static", name="(static key)", prefix="", hash="", created_at
 
 
 def digest(secret: str) -> str:
-    return hashlib.sha256(secret.encode()).hexdigest()
+    # A header that is not UTF-8 reaches us with its bytes kept as surrogates: hash those
+    # bytes (no key matches them) rather than fail the request with a 500.
+    return hashlib.sha256(secret.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def new_secret() -> str:

@@ -87,7 +87,7 @@ def _models(request: web.Request, raw: list[str] | None) -> list[str] | None:
             name = normalize(m)
         except InvalidModelName:
             raise bad_request(f"models[{i}]: invalid model name {m!r}", param="models") from None
-        if not gateway.has_model(name):
+        if not gateway.pools.has_model(name):
             raise bad_request(
                 f"models[{i}]: unknown model {m!r} (neither supported nor on any agent)",
                 code="model_not_found",

@@ -78,7 +78,7 @@ class Orders:
         self.agent_token = agent_token
         self.accept = accept
         self.refuse = refuse
-        self.jobs = Jobs(log)
+        self.jobs = Jobs("orders")
         self._deliveries: dict[str, Delivery] = {}
         """Task id -> its delivery, for unfinished tasks only."""
         self._locks: dict[str, asyncio.Lock] = {}

@@ -18,8 +18,10 @@ from datetime import datetime, timezone
 
 from aiohttp import web
 
-from fleetd.core.events import EventBus
-from fleetd.core.store import Store, StoreUnavailable
+from fleetd.coordinator.settings import SETTINGS
+from fleetd.core.background import Jobs, background
+from fleetd.core.events import EVENTS, EventBus
+from fleetd.core.store import STORE, Store, StoreUnavailable
 from fleetd.core.wire import (
     Agent,
     Heartbeat,
@@ -45,10 +47,18 @@ def silent_after_s(a: Agent) -> float:
 
 
 class Registry:
-    def __init__(self, store: Store, events: EventBus, heartbeat_timeout_s: float) -> None:
+    def __init__(
+        self,
+        store: Store,
+        events: EventBus,
+        heartbeat_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.store = store
         self.events = events
         self.timeout = heartbeat_timeout_s
+        self.clock = clock
+        """Monotonic seconds: when agents were heard from, and when they fall silent."""
         self.agents: dict[str, Agent] = {}
         self._by_url: dict[str, str] = {}
         self._by_instance: dict[str, str] = {}
@@ -73,6 +83,12 @@ class Registry:
         online agent, pushed back on expiry if it was heard from meanwhile."""
         self._watched: set[str] = set()
         self.heartbeats = 0
+        self.jobs = Jobs("registry")
+        self._batch: dict[str, Agent] = {}
+        """Registered agents waiting for the write under way to end, to go in the next one."""
+        self._written: asyncio.Future[None] | None = None
+        """Settled when the write that takes ``_batch`` is done."""
+        self._writing = False
         # Set by the cluster (cluster.py) when coordinators share a database:
         self.arbiter: Callable[[Agent], Awaitable[Agent]] | None = None
         """Given a new agent, the one the database already holds for its instance (or URL),
@@ -85,7 +101,7 @@ class Registry:
         """Agents heard from here since the cluster last wrote their contact (None: alone)."""
 
     async def load(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for a in await self.store.load_agents():
             self._index(a)
             if a.status == "online":
@@ -124,7 +140,9 @@ class Registry:
         """Same instance id or same URL → same agent, whatever else changed.
 
         A fresh or returning agent is ``initializing`` with ``total_models`` to go until its
-        first heartbeat says otherwise.
+        first heartbeat says otherwise. It is written before the answer (503 when the store
+        cannot), in one write shared by every registration that arrives meanwhile: when a
+        whole fleet registers at once, each does not wait for a write of its own.
         """
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
@@ -160,16 +178,40 @@ class Registry:
         self._index(a)
         self._contact(a.id)
         a.revision = next_revision()  # the copy other coordinators read is the newer one
-        try:
-            await self.store.save_agents([a])
-        except BaseException:
-            self._dirty.add(a.id)  # known in memory already: the next working flush saves it
-            raise
-        self._dirty.discard(a.id)
+        await self._save(a)
         log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
         self._notify(self.on_online, a)
         return a
+
+    async def _save(self, a: Agent) -> None:
+        self._batch[a.id] = a
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+            if not self._writing:
+                self._writing = True
+                self.jobs.spawn(self._write_batches(), name="registry-write")
+        # Shielded: a client that hangs up does not stop the write the others wait for.
+        await asyncio.shield(self._written)
+
+    async def _write_batches(self) -> None:
+        """One write at a time; the registrations that arrive meanwhile go in the next."""
+        try:
+            while self._written is not None:
+                done, batch = self._written, list(self._batch.values())
+                self._written, self._batch = None, {}
+                try:
+                    await self.store.save_agents(batch)
+                except Exception as e:
+                    # Known in memory already: the next working flush saves them.
+                    self._dirty.update(a.id for a in batch)
+                    done.set_exception(e)
+                    done.exception()  # retrieved: the registrations waiting answer with it
+                else:
+                    self._dirty.difference_update(a.id for a in batch)
+                    done.set_result(None)
+        finally:
+            self._writing = False
 
     @staticmethod
     def _new(reg: Registration) -> Agent:
@@ -255,7 +297,7 @@ class Registry:
         self._seen_now(agent_id)
 
     def _seen_now(self, agent_id: str) -> None:
-        now = self._seen[agent_id] = time.monotonic()
+        now = self._seen[agent_id] = self.clock()
         self._seen.move_to_end(agent_id)
         self._watch_silence(agent_id, now)
 
@@ -313,7 +355,7 @@ class Registry:
         that may not have reached us) are alive."""
         if self.heard_within is None:
             return
-        deadline = time.monotonic() - self.timeout
+        deadline = self.clock() - self.timeout
         expiring = []
         for agent_id, seen in self._seen.items():
             if seen >= deadline:
@@ -324,7 +366,7 @@ class Registry:
 
     def sweep(self) -> None:
         """Agents silent for longer than the timeout go offline; O(agents expired)."""
-        deadline = time.monotonic() - self.timeout
+        deadline = self.clock() - self.timeout
         while self._seen:
             agent_id = next(iter(self._seen))
             if self._seen[agent_id] >= deadline:
@@ -342,7 +384,7 @@ class Registry:
 
     def _sweep_silent(self) -> None:
         """Agents that missed two heartbeats become suspect at once; O(agents expired)."""
-        now = time.monotonic()
+        now = self.clock()
         while self._watch and self._watch[0][0] < now:
             _, agent_id = heapq.heappop(self._watch)
             seen = self._seen.get(agent_id)
@@ -405,13 +447,10 @@ REGISTRY = web.AppKey("registry", Registry)
 
 
 async def run_registry(app: web.Application) -> AsyncIterator[None]:
-    registry = app[REGISTRY]
+    """After the store's and the event bus's entries."""
+    registry = app[REGISTRY] = Registry(app[STORE], app[EVENTS], app[SETTINGS].heartbeat_timeout_s)
     await registry.load()
-    task = asyncio.create_task(registry.run(), name="registry-sweep")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(registry.run(), "registry-sweep"):
+        yield
+    await registry.jobs.close()
     await registry.flush()

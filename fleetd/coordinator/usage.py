@@ -25,6 +25,7 @@ from aiohttp import web
 from fleetd.coordinator.keys import CALLER, KEYS, KeyRing
 from fleetd.coordinator.limits import Limiter
 from fleetd.coordinator.metrics import METRICS, Metrics
+from fleetd.core.background import background
 from fleetd.core.errors import ApiError
 from fleetd.core.keystore import KeyRow, KeyWatch, UsageRow
 from fleetd.core.proxy import METER
@@ -341,12 +342,7 @@ async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 log.exception("usage sync failed")
 
-    task = asyncio.create_task(loop(), name="fleetd-usage")
-    yield
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        pass
+    async with background(loop(), "usage-sync"):
+        yield
     await accounts.close()
     await accounts.sync()

@@ -1,5 +1,11 @@
-"""Background work owned by a ``cleanup_ctx`` entry: loops started before its yield, cancelled and
-awaited after it, so no task outlives the app and none is fire-and-forget."""
+"""The one way background work runs: owned by a ``cleanup_ctx`` entry, so no task outlives
+the app and none is fire-and-forget.
+
+``background()`` runs a loop for the life of a ``cleanup_ctx`` entry (started before its
+yield, cancelled and awaited after it). ``Jobs`` holds short one-off jobs (an order to send,
+a row to write) that their owner starts from synchronous code; its ``close()``, called by the
+owner's ``cleanup_ctx`` entry, cancels and awaits those still running.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
+
+log = logging.getLogger("fleetd.background")
 
 
 @contextlib.asynccontextmanager
@@ -22,24 +30,26 @@ async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterato
 
 
 class Jobs:
-    """Short background jobs of one component (an order to send, an agent to sync): each is
-    kept until it ends, its failure is logged, and ``close`` cancels and awaits the rest, so
-    none outlives the component."""
+    """One-off background jobs of one owner; a job that fails is logged with its traceback
+    (nobody awaits it to see the error)."""
 
-    def __init__(self, log: logging.Logger) -> None:
-        self.log = log
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
         self._jobs: set[asyncio.Task[None]] = set()
 
-    def spawn(self, coro: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        job = asyncio.get_running_loop().create_task(coro)
+    def __len__(self) -> int:
+        return len(self._jobs)
+
+    def spawn(self, coro: Coroutine[Any, Any, None], name: str | None = None) -> asyncio.Task[None]:
+        job = asyncio.get_running_loop().create_task(coro, name=name)
         self._jobs.add(job)
-        job.add_done_callback(self._ended)
+        job.add_done_callback(self._finished)
         return job
 
-    def _ended(self, job: asyncio.Task[None]) -> None:
+    def _finished(self, job: asyncio.Task[None]) -> None:
         self._jobs.discard(job)
         if not job.cancelled() and (exc := job.exception()) is not None:
-            self.log.error("background job failed", exc_info=exc)
+            log.error("%s: background job failed", self.owner, exc_info=exc)
 
     async def close(self) -> None:
         jobs = list(self._jobs)

@@ -98,8 +98,10 @@ async def serve(
         access_log=None,
         keepalive_timeout=keepalive_timeout_s,
     )
-    await runner.setup()
     try:
+        # A cleanup_ctx entry that fails to open ends here; runner.cleanup() below closes
+        # the entries opened before it.
+        await runner.setup()
         host, port = split_listen(listen)
         site = web.TCPSite(runner, host, port, backlog=1024, reuse_address=True)
         try:

@@ -4,13 +4,11 @@ and change events, and the lists survive a restart (batched writes)."""
 from __future__ import annotations
 
 from pathlib import Path
-from types import SimpleNamespace
 from typing import cast
 
-from fleetd.config import CoordinatorConfig
-from fleetd.coordinator.gateway import Gateway
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
+from fleetd.coordinator.pools import Pools
 from fleetd.core.plugins import load_plugin
 from fleetd.core.store import SqliteStore, Store
 from fleetd.core.wire import Agent, InstalledModel
@@ -81,13 +79,12 @@ async def test_a_failed_write_is_written_by_the_next_flush(tmp_path: Path) -> No
 
 
 def test_the_gateway_serves_a_newly_installed_model_before_the_next_heartbeat() -> None:
-    registry = SimpleNamespace(agents={}, on_change=[], on_offline=[])
+    agents: dict[str, Agent] = {}
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
     inv = Inventory(cast(Store, None))  # never flushed here
-    config = CoordinatorConfig(supported_models=["llama3.2:1b"])
-    gw = Gateway(config, registry, cls, Metrics(), inv)  # type: ignore[arg-type]
+    gw = Pools(["llama3.2:1b"], agents, cls, Metrics(), inv)
     a = Agent(id="a1", name="gpu-1", url="http://x", initializing=False)
-    registry.agents["a1"] = a
+    agents["a1"] = a
     gw.agent_changed(a)
     assert not gw.can_serve("other:7b") and not gw.has_model("other:7b")
     inv.report("a1", [model("other:7b")])  # a progress report's list, say

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
@@ -14,9 +13,10 @@ import pytest
 
 from fleetd.config import CoordinatorConfig
 from fleetd.coordinator.fairgate import FairQueue
-from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.gate import Gate
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
+from fleetd.coordinator.pools import Pools
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
 from fleetd.core.store import Store
@@ -44,17 +44,18 @@ def test_keys_take_turns_and_a_returning_key_goes_first() -> None:
         loop.close()
 
 
-def gateway(**settings: Any) -> Gateway:
-    registry = SimpleNamespace(agents={}, on_change=[], on_offline=[])
+def gateway(**settings: Any) -> Gate:
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
-    config = CoordinatorConfig(supported_models=[CHAT], **settings)
+    c = CoordinatorConfig(supported_models=[CHAT], **settings)
     inventory = Inventory(cast(Store, None))  # never flushed here
-    return Gateway(config, registry, cls, Metrics(), inventory)  # type: ignore[arg-type]
+    metrics = Metrics()
+    pools = Pools(c.supported_models, {}, cls, metrics, inventory, (), c.max_requests_per_agent)
+    return Gate(pools, c.queue_limit, c.queue_timeout_s, metrics)
 
 
 async def test_a_full_agent_holds_requests_which_take_turns_by_key() -> None:
     gw = gateway(max_requests_per_agent=1, queue_timeout_s=5)
-    gw.agent_changed(Agent(id="a1", name="a1", url="http://x", initializing=False))
+    gw.pools.agent_changed(Agent(id="a1", name="a1", url="http://x", initializing=False))
     first = await gw.acquire(CHAT, "heavy")  # the one slot
     served: list[str] = []
 
@@ -67,10 +68,10 @@ async def test_a_full_agent_holds_requests_which_take_turns_by_key() -> None:
     tasks.append(asyncio.create_task(request("light", 0)))
     await asyncio.sleep(0.01)
     assert served == []
-    gw._end(first)
+    gw.pools.end(first)
     for _ in range(5):
         await asyncio.sleep(0.01)
-        gw._end("a1")
+        gw.pools.end("a1")
     await asyncio.gather(*tasks)
     assert served[0] == "light0"  # not behind heavy's four
     assert served[1:] == ["heavy0", "heavy1", "heavy2", "heavy3"]
@@ -78,7 +79,7 @@ async def test_a_full_agent_holds_requests_which_take_turns_by_key() -> None:
 
 async def test_a_wait_for_a_full_fleet_ends_in_503_fleet_busy() -> None:
     gw = gateway(max_requests_per_agent=1, queue_timeout_s=0.1)
-    gw.agent_changed(Agent(id="a1", name="a1", url="http://x", initializing=False))
+    gw.pools.agent_changed(Agent(id="a1", name="a1", url="http://x", initializing=False))
     await gw.acquire(CHAT)
     with pytest.raises(ApiError) as err:
         await gw.acquire(CHAT)

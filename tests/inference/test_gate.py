@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from types import SimpleNamespace
 from typing import Any, cast
 
 import httpx
@@ -14,9 +13,10 @@ import openai
 import pytest
 
 from fleetd.config import CoordinatorConfig
-from fleetd.coordinator.gateway import Gateway
+from fleetd.coordinator.gate import Gate
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
+from fleetd.coordinator.pools import Pools
 from fleetd.core.errors import ApiError
 from fleetd.core.plugins import load_plugin
 from fleetd.core.store import Store
@@ -26,13 +26,22 @@ from tests.inference.conftest import CHAT, EMBED, MESSAGES, agents, sim_post, st
 from tests.procs import wait_until
 
 
-def gateway(**settings: Any) -> tuple[Gateway, Metrics]:
-    registry = SimpleNamespace(agents={}, on_change=[], on_offline=[])
+def gateway(**settings: Any) -> tuple[Gate, Metrics]:
     metrics = Metrics()
     cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
-    config = CoordinatorConfig(supported_models=[CHAT], **settings)
+    c = CoordinatorConfig(supported_models=[CHAT], **settings)
     inventory = Inventory(cast(Store, None))  # never flushed here
-    return Gateway(config, registry, cls, metrics, inventory), metrics  # type: ignore[arg-type]
+    pools = Pools(c.supported_models, {}, cls, metrics, inventory)
+    return Gate(pools, c.queue_limit, c.queue_timeout_s, metrics), metrics
+
+
+async def queued(gate: Gate, n: int) -> None:
+    """Until ``n`` requests wait in the gate: the loop runs them up to their wait, no clock."""
+    for _ in range(100):
+        if gate.waiting == n:
+            return
+        await asyncio.sleep(0)
+    raise AssertionError(f"{gate.waiting} requests waiting, expected {n}")
 
 
 def ready(agent_id: str, **fields: Any) -> Agent:
@@ -49,19 +58,19 @@ async def test_waiters_are_served_in_arrival_order_when_an_agent_is_ready() -> N
         assert agent_id == "a1"
 
     waiters = [asyncio.create_task(request(i)) for i in range(5)]
-    await asyncio.sleep(0.05)
+    await queued(gw, 5)
     assert served == [] and metrics.queue_depth._value.get() == 5
-    gw.agent_changed(ready("a1"))
+    gw.pools.agent_changed(ready("a1"))
     await asyncio.gather(*waiters)
     assert served == [0, 1, 2, 3, 4]
     assert metrics.queue_depth._value.get() == 0
-    assert gw.in_flight["a1"] == 5  # counted from the moment each was handed the agent
+    assert gw.pools.in_flight["a1"] == 5  # counted from the moment each was handed the agent
 
 
 async def test_queue_limit_and_timeout_answer_503_models_starting() -> None:
     gw, metrics = gateway(queue_timeout_s=0.3, queue_limit=2)
     waiting = [asyncio.create_task(gw.acquire(CHAT)) for _ in range(2)]
-    await asyncio.sleep(0.01)
+    await queued(gw, 2)
     with pytest.raises(ApiError) as full:
         await gw.acquire(CHAT)
     assert full.value.status == 503 and full.value.code == "models_starting"
@@ -69,19 +78,19 @@ async def test_queue_limit_and_timeout_answer_503_models_starting() -> None:
     for outcome in await asyncio.gather(*waiting, return_exceptions=True):
         assert isinstance(outcome, ApiError) and outcome.code == "models_starting"
         assert "queue_timeout_s" in outcome.message and outcome.headers["Retry-After"]
-    assert metrics.queue_depth._value.get() == 0 and not gw._waiters  # nothing left behind
+    assert metrics.queue_depth._value.get() == 0 and gw.waiting == 0  # nothing left behind
 
 
 async def test_a_cancelled_waiter_leaves_the_queue() -> None:
     gw, metrics = gateway(queue_timeout_s=5)
     task = asyncio.create_task(gw.acquire(CHAT))
-    await asyncio.sleep(0.01)
+    await queued(gw, 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert metrics.queue_depth._value.get() == 0 and not gw._waiters
-    gw.agent_changed(ready("a1"))
-    assert gw.in_flight == {}
+    assert metrics.queue_depth._value.get() == 0 and gw.waiting == 0
+    gw.pools.agent_changed(ready("a1"))
+    assert gw.pools.in_flight == {}
 
 
 async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() -> None:
@@ -89,7 +98,7 @@ async def test_unknown_model_is_404_without_waiting_and_installed_ones_wait() ->
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 404 and "other:1b" in err.value.message
-    gw.inventory.report("offline-agent", [InstalledModel(name="other:1b", size=1)])
+    gw.pools.inventory.report("offline-agent", [InstalledModel(name="other:1b", size=1)])
     with pytest.raises(ApiError) as waited:
         await gw.acquire("other:1b")
     assert waited.value.code == "models_starting"
@@ -144,18 +153,18 @@ def test_requests_wait_while_every_agent_initializes(fleet: Fleet) -> None:
 
 async def test_a_model_only_offline_agents_have_is_503_at_once_unless_on_its_way() -> None:
     gw, _ = gateway(queue_timeout_s=0.1)
-    gw.registry.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
-    gw.inventory.report("a1", [InstalledModel(name="other:1b", size=1)])
+    gw.pools.agents["a1"] = Agent(id="a1", name="gpu-1", url="http://x", status="offline")
+    gw.pools.inventory.report("a1", [InstalledModel(name="other:1b", size=1)])
     with pytest.raises(ApiError) as err:
         await gw.acquire("other:1b")
     assert err.value.status == 503 and err.value.code == "no_agent_has_model"
     assert "gpu-1" in err.value.message and "other:1b" in err.value.message
     # A download under way: the model is on its way, so the request waits in the gate.
-    gw.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="downloading"))
+    gw.pools.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="downloading"))
     with pytest.raises(ApiError) as waited:
         await gw.acquire("other:1b")
     assert waited.value.code == "models_starting"
-    gw.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="failed"))
+    gw.pools.task_changed(Task(id="t1", agent_id="a2", model="other:1b", status="failed"))
     with pytest.raises(ApiError) as again:
         await gw.acquire("other:1b")
     assert again.value.code == "no_agent_has_model"

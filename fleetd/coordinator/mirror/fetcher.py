@@ -20,6 +20,7 @@ from pathlib import Path
 import aiohttp
 
 from fleetd.coordinator.mirror.cache import Cache
+from fleetd.core.background import Jobs
 from fleetd.core.catalog import network_reason
 
 log = logging.getLogger("fleetd.mirror")
@@ -103,6 +104,7 @@ class Fetcher:
         self.needed_models = needed_models
         """Models of running tasks: their blobs are never evicted."""
         self.flights: dict[str, Flight] = {}
+        self.jobs = Jobs("mirror")
 
     def start(self, repo: str, digest: str, size: int | None) -> Flight:
         """Join the flight of ``digest`` or start one (``repo``: ``namespace/model``)."""
@@ -110,17 +112,14 @@ class Fetcher:
         if flight is None:
             flight = self.flights[digest] = Flight(digest, self.cache.partial_path(digest), size)
             self.cache.pin(digest)
-            flight.task = asyncio.create_task(self._run(flight, repo), name=f"mirror {digest}")
+            flight.task = self.jobs.spawn(self._run(flight, repo), name=f"mirror {digest}")
         elif flight.size is None and size is not None:
             flight.size = size
             flight.sized.set()
         return flight
 
     async def close(self) -> None:
-        tasks = [f.task for f in self.flights.values() if f.task is not None]
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.jobs.close()
 
     async def _run(self, flight: Flight, repo: str) -> None:
         url = f"{self.registry_url}/v2/{repo}/blobs/{flight.digest}"

@@ -22,6 +22,7 @@ from fleetd.coordinator.metrics import METRICS
 from fleetd.coordinator.mirror.cache import Cache, Manifest
 from fleetd.coordinator.mirror.fetcher import Fetcher, Flight, Throttle
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.core.background import background
 from fleetd.core.catalog import network_reason
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
@@ -199,11 +200,15 @@ class Mirror:
         (the dashboard's cache fill, live)."""
         last = msgspec.structs.replace(self.counters)
         ticks = 0
+        was_busy = False
         while True:
             await asyncio.sleep(PUBLISH_INTERVAL_S)
             ticks += 1
-            if self.counters != last or self.fetcher.flights:
+            busy = bool(self.fetcher.flights)
+            # One more message after the last fetch ends: it carries the blob's "complete".
+            if self.counters != last or busy or was_busy:
                 last = msgspec.structs.replace(self.counters)
+                was_busy = busy
                 if events.subscribers:
                     events.publish("mirror", await self.status())
             if ticks % round(SAVE_INTERVAL_S / PUBLISH_INTERVAL_S) == 0:
@@ -237,9 +242,7 @@ async def mirror_ctx(app: web.Application) -> AsyncIterator[None]:
     mirror = Mirror(settings, cache, app[CLIENT], app[STORE], app[METRICS].registry, needed)
     await mirror.load_counters()
     app[MIRROR] = mirror
-    saver = asyncio.create_task(mirror.run_saver(app[EVENTS]), name="mirror-counters")
-    yield
-    saver.cancel()
-    await asyncio.gather(saver, return_exceptions=True)
+    async with background(mirror.run_saver(app[EVENTS]), "mirror-counters"):
+        yield
     await mirror.fetcher.close()
     await mirror.save_counters()
