@@ -58,8 +58,6 @@ PG_MIGRATIONS: list[str] = [
 ]
 assert len(PG_MIGRATIONS) == len(MIGRATIONS), "each SQLite schema version needs its PostgreSQL twin"
 
-TABLES = ("agents", "tasks", "installed", "installed_as_of", "kv", "api_keys", "key_usage")
-
 MIGRATION_LOCK = 0x666C656574640001
 """pg_advisory_xact_lock key: coordinators starting at once migrate one after the other."""
 
