@@ -38,7 +38,9 @@ from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.inventory import INVENTORY, Inventory
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.core.background import background
-from fleetd.core.pgstore import CHANGES, CONNECT_TIMEOUT_S, Change, PgStore, describe
+from fleetd.core.pg_conn import CONNECT_TIMEOUT_S, describe
+from fleetd.core.pg_notify import CHANGES, Change
+from fleetd.core.pgstore import PgStore
 from fleetd.core.store import STORE
 
 log = logging.getLogger("fleetd.cluster")

@@ -21,6 +21,7 @@ from fleetd.core.keystore import (
     key_values,
     usage_query,
 )
+from fleetd.core.pg_conn import describe
 
 Conn = Any
 
@@ -86,8 +87,6 @@ class PgKeyStore:
             conn = await asyncpg.connect(self.url, timeout=10)
             await conn.add_listener(CHANNEL, lambda *_: changed())
         except Exception as e:
-            from fleetd.core.pgstore import describe  # (pgstore imports this module)
-
             raise RuntimeError(describe(e, self.url)) from None
         return _Listener(conn)
 

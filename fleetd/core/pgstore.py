@@ -18,139 +18,23 @@ import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import Any, TypeVar
-from urllib.parse import unquote, urlsplit
 
 import asyncpg
 import msgspec
 
 from fleetd.config import redact_url
 from fleetd.core.errors import StartupError
-from fleetd.core.pgkeystore import PG_MIGRATION, PgKeyStore
-from fleetd.core.store import MIGRATIONS, StoreUnavailable
+from fleetd.core.pg_conn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, UNAVAILABLE, describe
+from fleetd.core.pg_notify import CHANGES, change_payloads
+from fleetd.core.pg_schema import migrate
+from fleetd.core.pgkeystore import PgKeyStore
+from fleetd.core.store import StoreUnavailable
 from fleetd.core.wire import Agent, InstalledModel, Task
 
 log = logging.getLogger("fleetd.store")
 
 T = TypeVar("T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
-
-PG_MIGRATIONS: list[str] = [
-    # 1: agents, tasks, installed models, key-value cache
-    """
-    CREATE TABLE agents (
-        id TEXT PRIMARY KEY,
-        url TEXT NOT NULL,
-        instance_id TEXT NOT NULL DEFAULT '',
-        data BYTEA NOT NULL
-    );
-    CREATE INDEX agents_url ON agents(url);
-    CREATE INDEX agents_instance ON agents(instance_id);
-    CREATE TABLE tasks (
-        id TEXT PRIMARY KEY,
-        agent_id TEXT NOT NULL,
-        status TEXT NOT NULL,
-        data BYTEA NOT NULL
-    );
-    CREATE INDEX tasks_agent ON tasks(agent_id);
-    CREATE TABLE installed (
-        agent_id TEXT NOT NULL,
-        model TEXT NOT NULL,
-        data BYTEA NOT NULL,
-        PRIMARY KEY (agent_id, model)
-    );
-    CREATE TABLE kv (
-        key TEXT PRIMARY KEY,
-        value BYTEA NOT NULL
-    );
-    """,
-    # 2: when each agent's installed models were last read, one row per agent
-    """
-    CREATE TABLE installed_as_of (
-        agent_id TEXT PRIMARY KEY,
-        as_of TIMESTAMPTZ NOT NULL
-    );
-    INSERT INTO installed_as_of(agent_id, as_of)
-        SELECT j.key, j.value::timestamptz
-        FROM kv, jsonb_each_text(convert_from(kv.value, 'UTF8')::jsonb) AS j
-        WHERE kv.key = 'installed_as_of';
-    DELETE FROM kv WHERE key = 'installed_as_of';
-    """,
-    # 3: managed API keys and their usage per minute (core/pgkeystore.py)
-    PG_MIGRATION,
-]
-assert len(PG_MIGRATIONS) == len(MIGRATIONS), "each SQLite schema version needs its PostgreSQL twin"
-
-TABLES = ("agents", "tasks", "installed", "installed_as_of", "kv", "api_keys", "key_usage")
-
-_MIGRATION_LOCK = 0x666C656574640001
-"""pg_advisory_xact_lock key: coordinators starting at once migrate one after the other."""
-
-CHANGES = "fleetd_changes"
-"""The NOTIFY channel on which coordinators sharing the database announce what they wrote."""
-NOTIFY_MAX = 7000
-"""PostgreSQL refuses payloads of 8000 bytes or more; longer id lists go in several."""
-
-_CONTACT_TABLE = """
-    CREATE UNLOGGED TABLE IF NOT EXISTS fleetd_contact (
-        agent_id TEXT PRIMARY KEY,
-        seen_at TIMESTAMPTZ NOT NULL
-    )
-"""
-"""When some coordinator last heard from each agent. Not part of the schema versions: it
-exists only on PostgreSQL, where several coordinators share the fleet, and is written
-constantly and worth nothing after a crash (a restarted coordinator gives every agent a full
-timeout), hence UNLOGGED: no WAL, so heartbeats cost PostgreSQL little."""
-
-
-class Change(msgspec.Struct, omit_defaults=True):
-    """One NOTIFY payload: who wrote (``o``rigin), what kind of rows and which ids. Kinds:
-    ``a`` agents, ``t`` tasks, ``i`` installed models (by agent id), ``c`` contacts."""
-
-    o: str
-    k: str
-    ids: list[str]
-
-
-def change_payloads(origin: str, kind: str, ids: list[str]) -> list[str]:
-    """``ids`` split into payloads each under PostgreSQL's limit."""
-    out: list[str] = []
-    chunk: list[str] = []
-    size = 0
-    for i in ids:
-        if chunk and size + len(i) + 3 > NOTIFY_MAX:
-            out.append(msgspec.json.encode(Change(o=origin, k=kind, ids=chunk)).decode())
-            chunk, size = [], 0
-        chunk.append(i)
-        size += len(i) + 3
-    if chunk:
-        out.append(msgspec.json.encode(Change(o=origin, k=kind, ids=chunk)).decode())
-    return out
-
-
-CONNECT_TIMEOUT_S = 10.0
-COMMAND_TIMEOUT_S = 30.0
-
-_UNAVAILABLE: tuple[type[BaseException], ...] = (
-    OSError,  # refused, unreachable, reset, name resolution
-    asyncio.TimeoutError,
-    asyncpg.InterfaceError,  # connection closed under us
-    asyncpg.PostgresConnectionError,  # class 08
-    asyncpg.exceptions.OperatorInterventionError,  # 57: shutting down, starting up
-    asyncpg.exceptions.InsufficientResourcesError,  # 53: disk full, too many connections
-    asyncpg.exceptions.ReadOnlySQLTransactionError,  # a standby after failover
-)
-
-
-def describe(e: BaseException, url: str) -> str:
-    """One line saying what went wrong, never the password (some errors echo the DSN)."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    try:
-        password = urlsplit(url).password
-    except ValueError:
-        password = None
-    for secret in {p for p in (password, unquote(password or "")) if p}:
-        text = text.replace(secret, "***")
-    return text
 
 
 class PgStore(PgKeyStore):
@@ -186,31 +70,11 @@ class PgStore(PgKeyStore):
         )
         try:
             async with self.pool.acquire() as conn:
-                await self._migrate(conn)
+                await migrate(conn, self.where)
         except BaseException:
             await self.pool.close()
             raise
         self._writer = asyncio.create_task(self._write_loop(), name="fleetd-pgstore")
-
-    async def _migrate(self, conn: Conn) -> None:
-        async with conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
-            await conn.execute(
-                "CREATE TABLE IF NOT EXISTS fleetd_schema ("
-                " version INTEGER PRIMARY KEY,"
-                " applied_at TIMESTAMPTZ NOT NULL DEFAULT now())"
-            )
-            version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM fleetd_schema")
-            if version > len(PG_MIGRATIONS):
-                raise RuntimeError(
-                    f"database {self.where} has schema version {version}, newer than this "
-                    f"fleetd ({len(PG_MIGRATIONS)}); upgrade fleetd"
-                )
-            for i, script in enumerate(PG_MIGRATIONS[version:], start=version + 1):
-                await conn.execute(script)
-                await conn.execute("INSERT INTO fleetd_schema(version) VALUES ($1)", i)
-                log.info("database %s migrated to schema version %d", self.where, i)
-            await conn.execute(_CONTACT_TABLE)
 
     # -- failures ----------------------------------------------------------------------
 
@@ -235,7 +99,7 @@ class PgStore(PgKeyStore):
                     result = await fn(conn)
                 self._up()
                 return result
-            except _UNAVAILABLE as e:
+            except UNAVAILABLE as e:
                 if attempt == 2:
                     raise self._unavailable(e) from None
         raise AssertionError("unreachable")

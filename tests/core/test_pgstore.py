@@ -9,7 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from fleetd.core.errors import StartupError
-from fleetd.core.pgstore import PG_MIGRATIONS, PgStore, open_pg_store
+from fleetd.core.pg_schema import PG_MIGRATIONS
+from fleetd.core.pgstore import PgStore, open_pg_store
 from fleetd.core.store import StoreUnavailable
 from fleetd.core.wire import Agent, Task
 from tests.pg import PASSWORD, PgServer
