@@ -1,52 +1,31 @@
-"""The agents the coordinator knows: registration, heartbeats, the offline sweep.
-
-Agents live in memory (the balancer, gate and API read them from here) and are written to
-the store in batches: registration and status changes at once, heartbeat figures lazily.
-Other parts of the coordinator react through listeners instead of polling.
-"""
+"""The agents the coordinator knows: registration, heartbeats, going offline, listeners."""
 
 from __future__ import annotations
 
 import asyncio
-import heapq
 import logging
 import time
 import uuid
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import datetime, timezone
 
 from aiohttp import web
 
+from fleetd.coordinator.liveness import Liveness
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import Jobs, background
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.store import STORE, Store, StoreUnavailable
-from fleetd.core.wire import (
-    Agent,
-    Heartbeat,
-    Registration,
-    next_revision,
-    observe_revision,
-    utcnow,
-)
+from fleetd.core.wire import Agent, Heartbeat, Registration, next_revision, observe_revision, utcnow
 
 log = logging.getLogger("fleetd.registry")
 
 Listener = Callable[[Agent], None]
 
-SILENT_AFTER = 2.5
-"""Heartbeat intervals without contact after which an agent is suspect: two heartbeats
-missed, and half an interval for a late one."""
-SILENT_FLOOR_S = 2.0
-"""Never suspect sooner: a busy host can stall an agent's event loop for a second."""
-
-
-def silent_after_s(a: Agent) -> float:
-    return max(SILENT_AFTER * a.heartbeat_interval_s, SILENT_FLOOR_S)
-
 
 class Registry:
+    """Agents in memory, read by the balancer, gate and API, who react through listeners; in the
+    store written in batches: registration and status changes at once, heartbeat figures lazily."""
+
     def __init__(
         self,
         store: Store,
@@ -57,14 +36,10 @@ class Registry:
         self.store = store
         self.events = events
         self.timeout = heartbeat_timeout_s
-        self.clock = clock
-        """Monotonic seconds: when agents were heard from, and when they fall silent."""
+        self.liveness = Liveness(heartbeat_timeout_s, clock)
         self.agents: dict[str, Agent] = {}
         self._by_url: dict[str, str] = {}
         self._by_instance: dict[str, str] = {}
-        self._seen: OrderedDict[str, float] = OrderedDict()
-        """Online agent id -> monotonic time of its last contact, oldest contact first, so the
-        sweep reads only the agents that expired instead of scanning the fleet."""
         self._dirty: set[str] = set()
         self.on_online: list[Listener] = []
         """Called when an agent registers or comes back from offline."""
@@ -78,10 +53,6 @@ class Registry:
         self.on_silent: list[Listener] = []
         """Called when an online agent has missed two heartbeats (it stays online until the
         timeout; its next contact is an ``on_change``)."""
-        self._watch: list[tuple[float, str]] = []
-        """Heap of (when it is silent unless heard from, agent id): at most one entry per
-        online agent, pushed back on expiry if it was heard from meanwhile."""
-        self._watched: set[str] = set()
         self.heartbeats = 0
         self.jobs = Jobs("registry")
         self._batch: dict[str, Agent] = {}
@@ -101,13 +72,11 @@ class Registry:
         """Agents heard from here since the cluster last wrote their contact (None: alone)."""
 
     async def load(self) -> None:
-        now = self.clock()
         for a in await self.store.load_agents():
             self._index(a)
             if a.status == "online":
                 # A restart is not the agents' fault: give each a full timeout to check in.
-                self._seen[a.id] = now
-                self._watch_silence(a.id, now)
+                self.liveness.heard(a.id, a.heartbeat_interval_s)
         log.info("loaded %d agent(s) from the store", len(self.agents))
 
     def _index(self, a: Agent) -> None:
@@ -284,7 +253,7 @@ class Registry:
             del self._by_url[a.url]
         if a.instance_id and self._by_instance.get(a.instance_id) == a.id:
             del self._by_instance[a.instance_id]
-        self._seen.pop(a.id, None)
+        self.liveness.drop(a.id)
         self._dirty.discard(a.id)
         await self.store.delete_agent(a.id)
         log.info("agent %s (%s) removed", a.name, a.id)
@@ -294,23 +263,15 @@ class Registry:
     def _contact(self, agent_id: str) -> None:
         if self.contacted is not None:
             self.contacted.add(agent_id)
-        self._seen_now(agent_id)
+        self._heard(agent_id)
 
-    def _seen_now(self, agent_id: str) -> None:
-        now = self._seen[agent_id] = self.clock()
-        self._seen.move_to_end(agent_id)
-        self._watch_silence(agent_id, now)
-
-    def _watch_silence(self, agent_id: str, now: float) -> None:
-        a = self.agents.get(agent_id)
-        if agent_id not in self._watched and a is not None:
-            self._watched.add(agent_id)
-            heapq.heappush(self._watch, (now + silent_after_s(a), agent_id))
+    def _heard(self, agent_id: str) -> None:
+        self.liveness.heard(agent_id, self.agents[agent_id].heartbeat_interval_s)
 
     def touch(self, agent_id: str) -> None:
         """Any authenticated contact from an online agent proves it is still alive (an
         offline one comes back with its next heartbeat)."""
-        if agent_id in self._seen:
+        if agent_id in self.liveness:
             self._contact(agent_id)
 
     # -- other coordinators' news (cluster.py) ---------------------------------------------
@@ -334,9 +295,9 @@ class Registry:
         self._index(a)
         if a.status == "online":
             if not was_online:
-                self._seen_now(a.id)
+                self._heard(a.id)
         else:
-            self._seen.pop(a.id, None)
+            self.liveness.drop(a.id)
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
         if was_online and a.status == "offline":
@@ -346,8 +307,8 @@ class Registry:
         """Another coordinator heard from these agents just now: they are alive."""
         now = utcnow()
         for agent_id in agent_ids:
-            if agent_id in self._seen:
-                self._seen_now(agent_id)
+            if agent_id in self.liveness:
+                self._heard(agent_id)
                 self.agents[agent_id].last_seen = now
 
     async def _confirm_expired(self) -> None:
@@ -355,23 +316,13 @@ class Registry:
         that may not have reached us) are alive."""
         if self.heard_within is None:
             return
-        deadline = self.clock() - self.timeout
-        expiring = []
-        for agent_id, seen in self._seen.items():
-            if seen >= deadline:
-                break
-            expiring.append(agent_id)
+        expiring = self.liveness.expiring()
         if expiring:
             self.heard_elsewhere(list(await self.heard_within(expiring, self.timeout)))
 
     def sweep(self) -> None:
         """Agents silent for longer than the timeout go offline; O(agents expired)."""
-        deadline = self.clock() - self.timeout
-        while self._seen:
-            agent_id = next(iter(self._seen))
-            if self._seen[agent_id] >= deadline:
-                break
-            del self._seen[agent_id]
+        for agent_id in self.liveness.expired():
             a = self.agents.get(agent_id)
             if a is not None and a.status == "online":
                 a.status = "offline"
@@ -384,27 +335,22 @@ class Registry:
 
     def _sweep_silent(self) -> None:
         """Agents that missed two heartbeats become suspect at once; O(agents expired)."""
-        now = self.clock()
-        while self._watch and self._watch[0][0] < now:
-            _, agent_id = heapq.heappop(self._watch)
-            seen = self._seen.get(agent_id)
+        for agent_id, silent_s in self.liveness.silent(self._online_interval):
             a = self.agents.get(agent_id)
-            if seen is None or a is None or a.status != "online":
-                self._watched.discard(agent_id)
+            if a is None:  # removed by an earlier listener of this sweep
                 continue
-            due = seen + silent_after_s(a)
-            if due >= now:  # heard from since: watch on
-                heapq.heappush(self._watch, (due, agent_id))
-                continue
-            self._watched.discard(agent_id)
             log.warning(
                 "agent %s (%s) missed two heartbeats (silent %.1fs, every %gs expected)",
                 a.name,
                 a.id,
-                now - seen,
+                silent_s,
                 a.heartbeat_interval_s,
             )
             self._notify(self.on_silent, a)
+
+    def _online_interval(self, agent_id: str) -> float | None:
+        a = self.agents.get(agent_id)
+        return a.heartbeat_interval_s if a is not None and a.status == "online" else None
 
     async def flush(self) -> None:
         if not self._dirty:
@@ -437,10 +383,6 @@ class Registry:
                 pass  # the store logged it once; the agents stay dirty until it can write
             except Exception:
                 log.exception("writing agents to the store failed; will retry")
-
-
-def age_seconds(ts: datetime) -> float:
-    return (datetime.now(timezone.utc) - ts).total_seconds()
 
 
 REGISTRY = web.AppKey("registry", Registry)
