@@ -56,7 +56,8 @@ def test_warm_catalog_answers_from_memory(fleet: Fleet, library: Library) -> Non
             r = c.get("/api/models/catalog")
             timings.append(time.perf_counter() - t0)
             assert r.status_code == 200
-    assert max(timings) < 0.05, f"warm catalog took up to {max(timings) * 1000:.1f} ms"
+    # Not a speed test: waiting on the (5 s) library would take seconds, memory does not.
+    assert max(timings) < library.delay / 2, f"a warm answer waited {max(timings):.1f} s"
     assert library.hits.get("/library", 0) == hits, "a warm answer went to the library"
 
 
