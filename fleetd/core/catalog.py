@@ -1,5 +1,6 @@
 """The model-catalog contract (entry-point group ``fleetd.catalog``), its errors, the degraded
-fallback built from what the fleet has installed (spec E4), and exact sizes from the registry.
+fallback built from what the fleet has installed (so the dashboard can still
+offer models when ollama.com cannot be reached), and exact sizes from the registry.
 """
 
 from __future__ import annotations
@@ -65,7 +66,8 @@ class Catalog(Protocol):
 
 
 def fleet_catalog(installed: Iterable[tuple[str, int]]) -> list[CatalogModel]:
-    """The degraded catalog (spec E4) from ``(name, size)`` pairs installed across the fleet.
+    """The degraded catalog, used while the library is unreachable, from ``(name, size)``
+    pairs installed across the fleet.
 
     One model per repository, sorted by name, its tags deduplicated and sorted, its size
     ``default_size``. When agents disagree on a tag's size the largest wins. Names Ollama would

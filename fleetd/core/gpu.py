@@ -14,7 +14,8 @@ class Gpu(msgspec.Struct, kw_only=True, omit_defaults=True):
     memory_bytes: Annotated[int, msgspec.Meta(gt=0, le=2**63 - 1)]
     memory_used_bytes: Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)] | None = None
     utilization: Annotated[float, msgspec.Meta(ge=0.0, le=1.0)] | None = None
-    """0.0–1.0, as interface.md says; a percentage is refused, not stored."""
+    """0.0–1.0, the share of the GPU busy; a percentage (0–100) is refused, not stored,
+    so the balancer never compares the two scales."""
 
 
 class GpuProbe(Protocol):

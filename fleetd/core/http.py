@@ -58,7 +58,8 @@ async def read_json(request: web.Request, type_: type[T], *, model_first: bool =
     """Decode the body strictly into ``type_``; any problem is a 400 naming the field.
 
     With ``model_first``, a ``model`` that breaks Ollama's naming rule is refused before
-    anything else in the body is looked at (interface.md).
+    anything else in the body is looked at: a bad name must not
+    surface as some other field's error, nor reach an agent.
     """
     body = await request.read()
     if not body:

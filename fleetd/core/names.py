@@ -1,4 +1,5 @@
-"""Ollama's model-name rule, checked before anything else touches a name (ollama.md, Basics)."""
+"""Ollama's model-name rule, checked before anything else touches a name (as Ollama
+checks it, so a name fleetd accepts is one Ollama accepts too)."""
 
 from __future__ import annotations
 

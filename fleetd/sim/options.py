@@ -13,7 +13,8 @@ from fleetd.sim import names
 GB = 1000**3
 GiB = 1024**3
 
-# Download sizes in bytes: the four from ollama.md's "Real sizes" table, plus small models
+# Download sizes in bytes: the four supported models' real sizes on the
+# Ollama registry, plus small models
 # that let a demo or a test pull something real-looking in seconds.
 DEFAULT_MODELS: dict[str, int] = {
     "gpt-oss:20b": 13_793_441_244,

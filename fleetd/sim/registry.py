@@ -1,6 +1,7 @@
 """The simulated registry (registry.ollama.ai and its CDN) with real bytes: every blob has
 deterministic content and a real sha256 digest, so a pull through it, or through a mirror in
-front of it, exercises the protocol a stock Ollama speaks (ollama.md, How Ollama downloads).
+front of it, exercises the protocol a stock Ollama speaks (HEAD for the size, a 307 or Location
+to the CDN, Range parts, the sha256 check).
 
 Manifests are built lazily (hashing the content takes a thread, once per model): the
 catalog's nominal digests stay what plain-name pulls and ``/api/tags`` report, and the
