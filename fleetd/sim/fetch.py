@@ -26,7 +26,7 @@ from yarl import URL
 
 from fleetd.sim import gotime, names
 from fleetd.sim.catalog import MANIFEST_TYPE, Layer, Manifest, spec_from_manifest
-from fleetd.sim.state import DiskFull, Download, Installed, Knobs, Stats, Store
+from fleetd.sim.state import DiskFull, Download, Downloads, Installed, Knobs, Stats, Store
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +49,13 @@ class RealDownload(Download):
         self.blobs: tuple[Layer, ...] = ()
 
 
-class Fetcher:
+class Fetcher(Downloads[RealDownload]):
     """Runs real pulls for one sim: its blob files, part progress, session and pacing."""
 
     def __init__(
         self, store: Store, knobs: Knobs, stats: Stats, blob_dir: Path, size_scale: float
     ) -> None:
+        super().__init__()
         self.store, self.knobs, self.stats = store, knobs, stats
         self.blob_dir = blob_dir
         self.part_min = max(1, int(100e6 * size_scale))
@@ -62,27 +63,13 @@ class Fetcher:
         self.parts: dict[str, list[int]] = {}
         """Digest -> bytes done per part of a blob in progress."""
         self.session: aiohttp.ClientSession | None = None
-        self.active: dict[str, RealDownload] = {}
         self._free_at = 0.0
 
     def attach(self, name: str, insecure: bool) -> RealDownload:
-        dl = self.active.get(name)
-        if dl is None:
-            dl = self.active[name] = RealDownload(name, insecure)
-            dl.task = asyncio.create_task(self._run(dl), name=f"sim-pull {name}")
-        dl.clients += 1
-        return dl
-
-    def detach(self, dl: Download) -> None:
-        dl.clients -= 1
-        if dl.clients == 0 and not dl.finished and dl.task is not None:
-            dl.task.cancel()
+        return self._join(name, lambda: RealDownload(name, insecure))
 
     async def stop(self) -> None:
-        tasks = [dl.task for dl in self.active.values() if dl.task is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await super().stop()
         if self.session is not None:
             await self.session.close()
 

@@ -12,8 +12,10 @@ import logging
 import math
 import os
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Generic, TypeVar
 
 import msgspec
 
@@ -188,19 +190,20 @@ class Download:
         tick.set()
 
 
-class Puller:
-    """Runs downloads: paced by bandwidth, bounded by disk, broken by armed faults."""
+D = TypeVar("D", bound=Download)
 
-    def __init__(self, store: Store, knobs: Knobs, stats: Stats, interval_s: float) -> None:
-        self.active: dict[str, Download] = {}
-        self._store, self._knobs, self._stats = store, knobs, stats
-        self._interval = interval_s
 
-    def attach(self, name: str, spec: ModelSpec) -> Download:
-        """Join the running download of ``name`` or start one."""
+class Downloads(Generic[D]):
+    """The downloads one sim runs, by name: a client joins the running one or starts it, and
+    the last client leaving cancels it (partials stay), as Ollama's pull does."""
+
+    def __init__(self) -> None:
+        self.active: dict[str, D] = {}
+
+    def _join(self, name: str, make: Callable[[], D]) -> D:
         dl = self.active.get(name)
         if dl is None:
-            dl = self.active[name] = Download(name, spec)
+            dl = self.active[name] = make()
             dl.task = asyncio.create_task(self._run(dl), name=f"sim-pull {name}")
         dl.clients += 1
         return dl
@@ -218,6 +221,22 @@ class Puller:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _run(self, dl: D) -> None:
+        raise NotImplementedError
+
+
+class Puller(Downloads[Download]):
+    """Runs downloads: paced by bandwidth, bounded by disk, broken by armed faults."""
+
+    def __init__(self, store: Store, knobs: Knobs, stats: Stats, interval_s: float) -> None:
+        super().__init__()
+        self._store, self._knobs, self._stats = store, knobs, stats
+        self._interval = interval_s
+
+    def attach(self, name: str, spec: ModelSpec) -> Download:
+        """Join the running download of ``name`` or start one."""
+        return self._join(name, lambda: Download(name, spec))
 
     async def _run(self, dl: Download) -> None:
         store, spec = self._store, dl.spec
