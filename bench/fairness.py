@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import random
 import shutil
 import statistics
@@ -35,32 +34,14 @@ import aiohttp
 import msgspec
 
 from bench.procs import Proc, spawn
+from bench.proxy import ADMIN_TOKEN as ADMIN
+from bench.proxy import ENV, MODEL, start_fleet
 from fleetd.core.server import run
 
-MODEL = "qwen2.5:0.5b"
-ADMIN = "bench-admin-token"
-ENV = {
-    **os.environ,
-    "FLEETD_ADMIN_TOKEN": ADMIN,
-    "FLEETD_AGENT_TOKEN": "bench-agent-token",
-    "PYTHONUNBUFFERED": "1",
-}
 BODY = msgspec.json.encode(
     {"model": MODEL, "messages": [{"role": "user", "content": "hi"}], "stream": False}
 )
 CHUNKS = 10
-
-
-async def wait_ready(s: aiohttp.ClientSession, coordinator: str) -> None:
-    for _ in range(600):
-        async with s.get(
-            coordinator + "/api/agents", headers={"Authorization": f"Bearer {ADMIN}"}
-        ) as r:
-            agents = (await r.json())["agents"]
-        if agents and not agents[0]["initializing"]:
-            return
-        await asyncio.sleep(0.1)
-    sys.exit("the agent never became ready")
 
 
 async def new_key(s: aiohttp.ClientSession, coordinator: str, name: str) -> str:
@@ -124,30 +105,16 @@ async def main_async(args: argparse.Namespace) -> int:
             "0.0001", "--bandwidth", "0", "--preinstall", MODEL, env=ENV,
         )  # fmt: skip
         procs.append(sim)
-        (work / "c.toml").write_text(
-            f'[coordinator]\nsupported_models = ["{MODEL}"]\nmax_requests_per_agent = 1\n'
-            "queue_timeout_s = 600\nqueue_limit = 100000\n"
+        coord, _ = await start_fleet(
+            sim.url,
+            work,
+            procs,
+            coordinator_extra="max_requests_per_agent = 1\nqueue_timeout_s = 600\n"
+            "queue_limit = 100000\n",
         )
-        coord = await spawn(
-            "coordinator", "-m", "fleetd", "--role", "coordinator", "--config",
-            str(work / "c.toml"), "--listen", "127.0.0.1:0", "--data-dir", str(work / "c"),
-            env=ENV,
-        )  # fmt: skip
-        procs.append(coord)
-        (work / "a.toml").write_text(
-            f'[agent]\nregistry_url = "{sim.url}"\n[agent.gpu]\nprobe = "static"\n'
-            '[[agent.gpu.devices]]\nname = "bench"\nmemory_bytes = 85899345920\n'
-        )
-        agent = await spawn(
-            "agent", "-m", "fleetd", "--role", "agent", "--config", str(work / "a.toml"),
-            "--listen", "127.0.0.1:0", "--data-dir", str(work / "a"),
-            "--coordinator", coord.url, "--ollama", sim.url, env=ENV,
-        )  # fmt: skip
-        procs.append(agent)
         url = coord.url + "/v1/chat/completions"
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as s:
-            await wait_ready(s, coord.url)
             light, heavy = (
                 await new_key(s, coord.url, "light"),
                 await new_key(s, coord.url, "heavy"),

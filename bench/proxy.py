@@ -119,6 +119,41 @@ async def wait_ready(coordinator: str) -> None:
     sys.exit("the agent never became ready")
 
 
+async def start_fleet(
+    sim: str,
+    work: Path,
+    procs: list[Proc],
+    *,
+    tag: str = "",
+    python: tuple[str, ...] = ("-m", "fleetd"),
+    coordinator_extra: str = "",
+) -> tuple[Proc, Proc]:
+    """A coordinator and one agent in front of ``sim``, ready to serve ``MODEL``; both are
+    added to ``procs`` (for the caller to stop). ``python`` runs fleetd from another tree."""
+    suffix = f"-{tag}" if tag else ""
+    (work / f"{tag}c.toml").write_text(
+        f'[coordinator]\nsupported_models = ["{MODEL}"]\n{coordinator_extra}'
+    )
+    coord = await spawn(
+        f"coordinator{suffix}", *python, "--role", "coordinator", "--config",
+        str(work / f"{tag}c.toml"), "--listen", "127.0.0.1:0", "--data-dir", str(work / f"{tag}c"),
+        env=ENV,
+    )  # fmt: skip
+    procs.append(coord)
+    (work / f"{tag}a.toml").write_text(
+        f'[agent]\nregistry_url = "{sim}"\n[agent.gpu]\nprobe = "static"\n'
+        '[[agent.gpu.devices]]\nname = "bench"\nmemory_bytes = 85899345920\n'
+    )
+    agent = await spawn(
+        f"agent{suffix}", *python, "--role", "agent", "--config", str(work / f"{tag}a.toml"),
+        "--listen", "127.0.0.1:0", "--data-dir", str(work / f"{tag}a"),
+        "--coordinator", coord.url, "--ollama", sim, env=ENV,
+    )  # fmt: skip
+    procs.append(agent)
+    await wait_ready(coord.url)
+    return coord, agent
+
+
 # --- measurements ------------------------------------------------------------------------
 
 
@@ -263,24 +298,7 @@ async def main_async(args: argparse.Namespace) -> int:
         hop2 = await spawn("chain2", "-m", "bench.chain", "--upstream", sim.url, env=ENV)
         hop1 = await spawn("chain1", "-m", "bench.chain", "--upstream", hop2.url, env=ENV)
         procs += [hop2, hop1]
-        (work / "c.toml").write_text(f'[coordinator]\nsupported_models = ["{MODEL}"]\n')
-        coord = await spawn(
-            "coordinator", "-m", "fleetd", "--role", "coordinator", "--config",
-            str(work / "c.toml"), "--listen", "127.0.0.1:0", "--data-dir", str(work / "c"),
-            env=ENV,
-        )  # fmt: skip
-        procs.append(coord)
-        (work / "a.toml").write_text(
-            f'[agent]\nregistry_url = "{sim.url}"\n[agent.gpu]\nprobe = "static"\n'
-            '[[agent.gpu.devices]]\nname = "bench"\nmemory_bytes = 85899345920\n'
-        )
-        agent = await spawn(
-            "agent", "-m", "fleetd", "--role", "agent", "--config", str(work / "a.toml"),
-            "--listen", "127.0.0.1:0", "--data-dir", str(work / "a"),
-            "--coordinator", coord.url, "--ollama", sim.url, env=ENV,
-        )  # fmt: skip
-        procs.append(agent)
-        await wait_ready(coord.url)
+        coord, agent = await start_fleet(sim.url, work, procs)
         targets = [
             Target("direct", sim.url, V1),
             Target("chain", hop1.url, V1),

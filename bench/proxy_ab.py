@@ -25,7 +25,7 @@ from pathlib import Path
 import aiohttp
 
 from bench.procs import Proc, spawn
-from bench.proxy import ENV, MODEL, V1, body, concurrent, one, sequential, wait_ready
+from bench.proxy import ENV, MODEL, V1, body, concurrent, one, sequential, start_fleet
 from fleetd.core.server import run
 
 
@@ -45,24 +45,7 @@ def cpu_s(pid: int) -> float:
 
 
 async def fleet(tree: Path, tag: str, sim: str, work: Path, procs: list[Proc]) -> tuple[str, int]:
-    (work / f"{tag}c.toml").write_text(f'[coordinator]\nsupported_models = ["{MODEL}"]\n')
-    coord = await spawn(
-        f"coordinator-{tag}", *_from(tree), "--role", "coordinator", "--config",
-        str(work / f"{tag}c.toml"), "--listen", "127.0.0.1:0", "--data-dir", str(work / f"{tag}c"),
-        env=ENV,
-    )  # fmt: skip
-    procs.append(coord)
-    (work / f"{tag}a.toml").write_text(
-        f'[agent]\nregistry_url = "{sim}"\n[agent.gpu]\nprobe = "static"\n'
-        '[[agent.gpu.devices]]\nname = "bench"\nmemory_bytes = 85899345920\n'
-    )
-    agent = await spawn(
-        f"agent-{tag}", *_from(tree), "--role", "agent", "--config", str(work / f"{tag}a.toml"),
-        "--listen", "127.0.0.1:0", "--data-dir", str(work / f"{tag}a"),
-        "--coordinator", coord.url, "--ollama", sim, env=ENV,
-    )  # fmt: skip
-    procs.append(agent)
-    await wait_ready(coord.url)
+    coord, _ = await start_fleet(sim, work, procs, tag=tag, python=_from(tree))
     return coord.url, coord.proc.pid
 
 
