@@ -7,6 +7,7 @@ from aiohttp import web
 from fleetd import __version__
 from fleetd.agent.readiness import READINESS
 from fleetd.agent.runtime import IDENTITY, IN_FLIGHT, SUPPORTED
+from fleetd.core.background import dead_loops
 from fleetd.core.http import json_response, require_token
 from fleetd.core.wire import AGENT_PREFIX
 
@@ -42,4 +43,7 @@ async def agent_status(request: web.Request) -> web.Response:
 
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
+    dead = dead_loops()
+    if dead:
+        return json_response({"status": "degraded", "loops": dead}, status=503)
     return json_response({"status": "ok"})

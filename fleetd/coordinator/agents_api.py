@@ -15,6 +15,7 @@ from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.coordinator.vram import MODEL_SIZES, fitting
+from fleetd.core.background import dead_loops
 from fleetd.core.errors import ApiError, not_found
 from fleetd.core.http import encode, json_response, read_json
 from fleetd.core.store import STORE
@@ -129,6 +130,12 @@ async def get_agent(request: web.Request) -> web.Response:
 @routes.get("/healthz")
 async def healthz(request: web.Request) -> web.Response:
     fault = await request.app[STORE].check()
-    if fault is not None:
-        return json_response({"status": "degraded", "store": fault}, status=503)
+    dead = dead_loops()
+    if fault is not None or dead:
+        body: dict[str, Any] = {"status": "degraded"}
+        if fault is not None:
+            body["store"] = fault
+        if dead:
+            body["loops"] = dead
+        return json_response(body, status=503)
     return json_response({"status": "ok"})

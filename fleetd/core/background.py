@@ -18,14 +18,32 @@ from typing import Any
 log = logging.getLogger("fleetd.background")
 
 
+_dead: dict[asyncio.Task[None], str] = {}
+"""Loops that ended with an error while their owner still runs, for ``/healthz``."""
+
+
+def dead_loops() -> list[str]:
+    """``name: error`` of every owned loop that died; a loop never ends on its own."""
+    return sorted(_dead.values())
+
+
 @contextlib.asynccontextmanager
 async def background(coro: Coroutine[Any, Any, None], name: str) -> AsyncIterator[None]:
     task = asyncio.create_task(coro, name=name)
+
+    def ended(t: asyncio.Task[None]) -> None:
+        if not t.cancelled() and (exc := t.exception()) is not None:
+            # Said at once, not at shutdown: a dead sweep or flusher must not go unnoticed.
+            log.error("background loop %s died", name, exc_info=exc)
+            _dead[t] = f"{name}: {exc!r}"
+
+    task.add_done_callback(ended)
     try:
         yield
     finally:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
+        _dead.pop(task, None)
+        with contextlib.suppress(asyncio.CancelledError, Exception):  # logged when it died
             await task
 
 
