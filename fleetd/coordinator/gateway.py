@@ -25,12 +25,11 @@ from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gate import STOPPING, Gate, stopping
 from fleetd.coordinator.inventory import INVENTORY
-from fleetd.coordinator.keys import CALLER
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
-from fleetd.coordinator.usage import SERVED_BY
+from fleetd.coordinator.usage import Meter
 from fleetd.core import proxy
 from fleetd.core.balancing import Balancer
 from fleetd.core.errors import ApiError
@@ -176,15 +175,16 @@ class Gateway:
             h = self._latency[path] = self.metrics.inference_latency.labels(path)
         h.observe(seconds)
 
-    async def forward(self, request: web.Request, body: bytes, model: str) -> web.StreamResponse:
-        """Send the request to a ready agent and relay its reply; one failover before the
-        first byte, onto another candidate, when the agent fails or answers 5xx. With no
-        other candidate the request waits in the gate for one (at most ``queue_timeout_s``)
-        before the failure is relayed."""
+    async def forward(
+        self, request: web.Request, body: bytes, model: str, meter: Meter
+    ) -> web.StreamResponse:
+        """Send the request to a ready agent and relay its reply (through ``meter``); one
+        failover before the first byte, onto another candidate, when the agent fails or
+        answers 5xx. With no other candidate the request waits in the gate for one (at most
+        ``queue_timeout_s``) before the failure is relayed."""
         path = request.path
         started = time.monotonic()
-        caller = request.get(CALLER)
-        key = caller.id if caller is not None else ""
+        key = meter.key.id
         try:
             agent_id = await self.gate.acquire(model, key)
         except ApiError as e:
@@ -196,7 +196,9 @@ class Gateway:
         retried = False
         while True:
             try:
-                return await self._attempt(request, session, agent_id, body, headers, started)
+                return await self._attempt(
+                    request, session, agent_id, body, headers, started, meter
+                )
             except _Retry as failure:
                 if self.stopping:
                     self._count(path, "shutting_down")
@@ -222,6 +224,7 @@ class Gateway:
         body: bytes,
         headers: CIMultiDict[str],
         started: float,
+        meter: Meter,
     ) -> web.StreamResponse:
         """One try on ``agent_id`` (whose in-flight count is already raised); ends it."""
         path = request.path
@@ -250,14 +253,14 @@ class Gateway:
                 proxy.uncancel(flight.task)
                 raise _Retry(f"{flight.why} before answering") from None
             flight.upstream = upstream
-            request[SERVED_BY] = agent_id
+            meter.agent = agent_id
             try:
                 if upstream.status >= 500:
                     reply = await _reply(upstream)
                     outcome = proxy.OK  # read whole: the connection can be reused
                     raise _Retry(f"{what} answered HTTP {upstream.status}", reply)
                 self._observe(path, time.monotonic() - started)
-                resp, outcome = await proxy.relay(request, upstream, what)
+                resp, outcome = await proxy.relay(request, upstream, what, meter=meter)
             finally:
                 if outcome == proxy.OK:
                     upstream.release()
