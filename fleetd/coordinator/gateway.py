@@ -66,11 +66,22 @@ def out_of_descriptors(e: BaseException) -> bool:
 class Gateway:
     """Forwards requests to the agents that ``pools`` and ``gate`` hand out."""
 
-    def __init__(self, pools: Pools, gate: Gate, registry: Registry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pools: Pools,
+        gate: Gate,
+        registry: Registry,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        self_id: str,
+    ) -> None:
         self.pools = pools
         self.gate = gate
         self.registry = registry
         self.metrics = metrics
+        self.session = session
+        self.self_id = self_id
+        """This coordinator's instance id, which every forwarded request carries."""
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._flights: dict[str, set[proxy.Flight]] = {}
@@ -191,14 +202,11 @@ class Gateway:
             self._count(path, e.code)
             raise
         headers = proxy.request_headers(request.headers)
-        headers[loops.HEADER] = loops.forward_mark(request)
-        session = request.app[CLIENT]
+        headers[loops.HEADER] = loops.forward_mark(request, self.self_id)
         retried = False
         while True:
             try:
-                return await self._attempt(
-                    request, session, agent_id, body, headers, started, meter
-                )
+                return await self._attempt(request, agent_id, body, headers, started, meter)
             except _Retry as failure:
                 if self.stopping:
                     self._count(path, "shutting_down")
@@ -219,7 +227,6 @@ class Gateway:
     async def _attempt(
         self,
         request: web.Request,
-        session: aiohttp.ClientSession,
         agent_id: str,
         body: bytes,
         headers: CIMultiDict[str],
@@ -236,7 +243,7 @@ class Gateway:
             a = self.registry.agents[agent_id]
             what = f"agent {a.name} ({a.id})"
             try:
-                upstream = await session.request(
+                upstream = await self.session.request(
                     request.method,
                     a.url.rstrip("/") + request.path_qs,
                     data=body,
@@ -302,7 +309,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def gateway_ctx(
     balancer: Callable[[], Balancer],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx entry, after the inventory's and the distribution's."""
+    """A cleanup_ctx entry, after the HTTP client's, the inventory's and the distribution's."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings, registry, metrics, dist = (
@@ -321,7 +328,7 @@ def gateway_ctx(
             settings.max_requests_per_agent,
         )
         gate = Gate(pools, settings.queue_limit, settings.queue_timeout_s, metrics)
-        gateway = Gateway(pools, gate, registry, metrics)
+        gateway = Gateway(pools, gate, registry, metrics, app[CLIENT], app[loops.SELF_ID])
         registry.on_change.append(pools.agent_changed)
         registry.on_offline.append(gateway.agent_offline)
         registry.on_silent.append(gateway.agent_silent)
