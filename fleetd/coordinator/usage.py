@@ -96,7 +96,8 @@ class Meter:
         """The agent that answered, set by the gateway ("" while none has)."""
         self._model = model
         self._body: bytes | None = None
-        self._tail: deque[bytes] = deque(maxlen=3)
+        self._tail: deque[bytes] | None = None
+        """The last chunks of a stream (made at the first: most replies come whole)."""
         self._events = 0
         self._sep = b""
         self._failed = False
@@ -107,10 +108,12 @@ class Meter:
         self._body = data
 
     def chunk(self, data: bytes) -> None:
-        if not self._sep:
+        tail = self._tail
+        if tail is None:
+            tail = self._tail = deque(maxlen=3)
             self._sep = b"data:" if data.startswith(b"data:") else b"\n"
         self._events += data.count(self._sep)
-        self._tail.append(data)
+        tail.append(data)
 
     def broken(self) -> None:
         self._failed = True
@@ -130,12 +133,13 @@ class Meter:
     ) -> None:
         if kind is not None and not issubclass(kind, asyncio.CancelledError):
             self._failed = True  # an ApiError answered, or a bug (500)
-        prompt, completion = self._count()
+        if self._body is not None:
+            prompt, completion = _tokens(self._body) or (0, 0)
+        else:
+            prompt, completion = self._stream_counts()
         self._accounts.end(self.key, self._model, prompt, completion, self._failed, self.agent)
 
-    def _count(self) -> tuple[int, int]:
-        if self._body is not None:
-            return _tokens(self._body) or (0, 0)
+    def _stream_counts(self) -> tuple[int, int]:
         if not self._tail:
             return 0, 0
         lines = b"".join(self._tail).split(b"\n")
@@ -234,14 +238,17 @@ class Accounts:
     def admit(self, key: KeyRow, model: str) -> Meter:
         """Count a request of ``key`` for ``model`` (403/429 if refused); its ``Meter``."""
         now = time.time()
-        try:
-            self.limiter.admit(key, model, now)
-        except ApiError:
-            row = self._row(key.id, model, now)
-            row[0] += 1
-            row[1] += 1
-            self._ended("", 0, 0, True)
-            raise
+        # Most callers' keys (OPEN, STATIC, managed keys without limits) have nothing to check.
+        rpm, tpd = key.requests_per_minute, key.tokens_per_day
+        if key.models is not None or rpm is not None or tpd is not None:
+            try:
+                self.limiter.admit(key, model, now)
+            except ApiError:
+                row = self._row(key.id, model, now)
+                row[0] += 1
+                row[1] += 1
+                self._ended("", 0, 0, True)
+                raise
         self._row(key.id, model, now)[0] += 1
         if key.hash:  # a managed key (not OPEN or STATIC)
             key.last_used_at = now
@@ -262,7 +269,8 @@ class Accounts:
         row[1] += failed
         row[2] += prompt
         row[3] += completion
-        self.limiter.spent_tokens(key.id, prompt + completion, now)
+        if prompt or completion:
+            self.limiter.spent_tokens(key.id, prompt + completion, now)
         self._ended(agent, prompt, completion, failed)
 
     def _ended(self, agent: str, prompt: int, completion: int, failed: bool) -> None:
