@@ -1,14 +1,21 @@
 """A/B of the proxy overhead of two fleetd source trees, in the same interleaved rounds.
 
 On a shared machine two separate ``bench.proxy`` runs differ by more than a small change
-costs; here both fleets (coordinator + agent of tree A, the same of tree B) sit in front of
-one ``fleetd sim-ollama`` and are measured alternately with ``direct`` (the sim itself), so
-the noise hits both alike. Reported: each tree's p50 overhead over direct at concurrency 1,
-throughput at 16, and its coordinator's CPU time per request at concurrency 1 (the steadiest
-figure on a busy machine: latency moves with other processes' scheduling, CPU time much
-less), medians over rounds, and B / A.
+costs; here both trees' fleets (coordinator + agent) sit in front of one ``fleetd sim-ollama``
+and are measured alternately with ``direct`` (the sim itself), so the noise hits both alike.
+Reported: each tree's p50 overhead over direct at concurrency 1, throughput at 16, and its
+coordinator's CPU time per request at concurrency 1 (the steadiest figure on a busy machine:
+latency moves with other processes' scheduling, CPU time much less), medians over rounds, and
+B / A.
 
-    python -m bench.proxy_ab --a /path/to/old/tree --b . [--rounds 9]
+Each tree runs ``--fleets`` fleets (2 by default) and a round's figure for a tree is the mean
+over them: two processes of the same code differ here by up to 25% in CPU per request for the
+whole of their life (where they and their agent land on the cores, their memory layout), so
+one fleet per tree can show such a difference as the change's. CPU time is read from
+``/proc/PID/task/*/schedstat`` (nanoseconds; the clock ticks of ``/proc/PID/stat`` are 10 ms,
+50 µs per request over 200 requests).
+
+    python -m bench.proxy_ab --a /path/to/old/tree --b . [--rounds 9] [--fleets 2]
 """
 
 from __future__ import annotations
@@ -39,9 +46,19 @@ def _from(tree: Path) -> tuple[str, ...]:
 
 
 def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of process ``pid`` so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """CPU seconds of process ``pid`` so far: its threads' schedstat run times (ns), or user +
+    system clock ticks where the kernel has no schedstat."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            try:
+                total += int(Path(f"/proc/{pid}/task/{task}/schedstat").read_text().split()[0])
+            except FileNotFoundError:
+                pass  # a thread that just ended
+        return total / 1e9
+    except FileNotFoundError:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def fleet(tree: Path, tag: str, sim: str, work: Path, procs: list[Proc]) -> tuple[str, int]:
@@ -52,6 +69,8 @@ async def fleet(tree: Path, tag: str, sim: str, work: Path, procs: list[Proc]) -
 async def main_async(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="fleetd-ab-"))
     procs: list[Proc] = []
+    med = statistics.median
+    mean = statistics.fmean
     try:
         sim = await spawn(
             "sim", "-m", "fleetd", "sim-ollama", "--listen", "127.0.0.1:0", "--latency-ms", "0",
@@ -59,17 +78,22 @@ async def main_async(args: argparse.Namespace) -> int:
             "--preinstall", MODEL, env=ENV,
         )  # fmt: skip
         procs.append(sim)
-        a_url, a_pid = await fleet(args.a, "a", sim.url, work, procs)
-        b_url, b_pid = await fleet(args.b, "b", sim.url, work, procs)
-        urls = {"direct": sim.url, "A": a_url, "B": b_url}
-        pids = {"direct": sim.proc.pid, "A": a_pid, "B": b_pid}
+        urls = {"direct": sim.url}
+        pids = {"direct": sim.proc.pid}
+        fleets: dict[str, list[str]] = {"direct": ["direct"], "A": [], "B": []}
+        for i in range(args.fleets):
+            for k, tree in (("A", args.a), ("B", args.b)):
+                name = f"{k}{i + 1}"
+                urls[name], pids[name] = await fleet(tree, name.lower(), sim.url, work, procs)
+                fleets[k].append(name)
         cpu: dict[str, list[float]] = {k: [] for k in urls}
         p50: dict[str, list[float]] = {k: [] for k in urls}
         rps: dict[str, list[float]] = {k: [] for k in urls}
         data = body(False)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=256)) as s:
             for i in range(args.rounds):
-                order = ["direct", "A", "B"] if i % 2 == 0 else ["direct", "B", "A"]
+                pairs = [x for pair in zip(fleets["A"], fleets["B"], strict=True) for x in pair]
+                order = ["direct", *(pairs if i % 2 == 0 else reversed(pairs))]
                 for name in order:
                     url = urls[name] + V1
 
@@ -83,20 +107,31 @@ async def main_async(args: argparse.Namespace) -> int:
                     p50[name].append(1000 * statistics.median(lat))
                     rps[name].append((await concurrent(s, url, data, 16, args.seconds))[0])
                 print(f"round {i + 1}/{args.rounds} done", flush=True)
-        over = {k: [p50[k][r] - p50["direct"][r] for r in range(args.rounds)] for k in ("A", "B")}
-        med = statistics.median
-        print(f"\nmedians over {args.rounds} rounds")
+
+        def per_round(figures: dict[str, list[float]], k: str) -> list[float]:
+            """Tree ``k``'s figure in each round: the mean over its fleets."""
+            return [mean(figures[n][r] for n in fleets[k]) for r in range(args.rounds)]
+
+        p50s = {k: per_round(p50, k) for k in fleets}
+        over = {k: [p50s[k][r] - p50s["direct"][r] for r in range(args.rounds)] for k in "AB"}
+        cpus = {k: per_round(cpu, k) for k in fleets}
+        rpss = {k: per_round(rps, k) for k in fleets}
+        print(f"\nmedians over {args.rounds} rounds ({args.fleets} fleet(s) per tree)")
         for k in ("direct", "A", "B"):
             extra = f", overhead {med(over[k]):.3f} ms" if k in over else ""
             print(
-                f"  {k:<6} p50 {med(p50[k]):.3f} ms{extra}, c16 {med(rps[k]):.0f} req/s, "
-                f"CPU per request at c1 {med(cpu[k]):.0f} µs"
+                f"  {k:<6} p50 {med(p50s[k]):.3f} ms{extra}, c16 {med(rpss[k]):.0f} req/s, "
+                f"CPU per request at c1 {med(cpus[k]):.0f} µs"
             )
+        for k in "AB":
+            each = ", ".join(f"{n} {med(cpu[n]):.0f} µs" for n in fleets[k])
+            print(f"  {k} coordinators' CPU per request, each: {each}")
         ratios = [b / a for a, b in zip(over["A"], over["B"], strict=True) if a > 0]
         print(f"  p50 overhead B / A: {med(over['B']) / med(over['A']):.3f}", end="")
         print(f" (per-round ratios' median {med(ratios):.3f})" if ratios else "")
-        print(f"  c16 throughput B / A: {med(rps['B']) / med(rps['A']):.3f}")
-        print(f"  coordinator CPU per request B / A: {med(cpu['B']) / med(cpu['A']):.3f}")
+        print(f"  c16 throughput B / A: {med(rpss['B']) / med(rpss['A']):.3f}")
+        print(f"  coordinator CPU per request B / A: {med(cpus['B']) / med(cpus['A']):.3f}")
+        print(f"  load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     finally:
         for p in reversed(procs):
             await p.stop()
@@ -115,6 +150,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=9)
     p.add_argument("--requests", type=int, default=200)
     p.add_argument("--seconds", type=float, default=2.0)
+    p.add_argument("--fleets", type=int, default=2, help="fleets per tree (default 2)")
     sys.exit(run(main_async(p.parse_args())))
 
 
