@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -249,31 +249,36 @@ class PgStore(PgKeyStore):
             out.setdefault(agent_id, []).append(self._model_dec.decode(data))
         return out
 
-    async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None:
-        rows = [(agent_id, m.name, self._enc.encode(m)) for m in models]
+    async def save_installed(
+        self, lists: Mapping[str, Iterable[InstalledModel]], as_of: Mapping[str, datetime]
+    ) -> None:
+        ids = list(lists)
+        rows = [(a, m.name, self._enc.encode(m)) for a, models in lists.items() for m in models]
+        dated = list(as_of.items())
 
         async def op(conn: Conn) -> None:
-            await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
+            if ids:
+                await conn.execute("DELETE FROM installed WHERE agent_id = ANY($1)", ids)
             if rows:
+                # ON CONFLICT: another coordinator may write the same agent's list meanwhile
                 await conn.executemany(
                     "INSERT INTO installed(agent_id, model, data) VALUES ($1,$2,$3)"
                     " ON CONFLICT (agent_id, model) DO UPDATE SET data = EXCLUDED.data",
                     rows,
                 )
-            await self._announce(conn, "i", [agent_id])
+            if dated:
+                await conn.executemany(
+                    "INSERT INTO installed_as_of(agent_id, as_of) VALUES ($1,$2)"
+                    " ON CONFLICT (agent_id) DO UPDATE SET as_of = EXCLUDED.as_of",
+                    dated,
+                )
+            await self._announce(conn, "i", ids)
 
         await self._submit(op)
 
     async def load_installed_as_of(self) -> dict[str, datetime]:
         rows = await self._fetch("SELECT agent_id, as_of FROM installed_as_of")
         return {agent_id: as_of for agent_id, as_of in rows}
-
-    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None:
-        await self._write(
-            "INSERT INTO installed_as_of(agent_id, as_of) VALUES ($1,$2)"
-            " ON CONFLICT (agent_id) DO UPDATE SET as_of = EXCLUDED.as_of",
-            [(agent_id, as_of)],
-        )
 
     async def delete_agent(self, agent_id: str) -> None:
         async def op(conn: Conn) -> None:

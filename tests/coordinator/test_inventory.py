@@ -58,23 +58,24 @@ async def test_a_failed_write_is_written_by_the_next_flush(tmp_path: Path) -> No
     await store.open()
     inv = Inventory(store)
     inv.report("a1", [model("llama3.2:1b")])
-    real = store.replace_installed
+    real = store.save_installed
     calls = 0
 
-    async def failing(agent_id: str, models: object) -> None:
+    async def failing(lists: object, as_of: object) -> None:
         nonlocal calls
         calls += 1
         raise OSError("disk full")
 
-    store.replace_installed = failing  # type: ignore[method-assign,assignment]
+    store.save_installed = failing  # type: ignore[method-assign,assignment]
     try:
         await inv.flush()
     except OSError:
         pass
-    store.replace_installed = real  # type: ignore[method-assign]
+    store.save_installed = real  # type: ignore[method-assign]
     await inv.flush()
     assert calls == 1
     assert [m.name for m in (await store.load_installed())["a1"]] == ["llama3.2:1b"]
+    assert "a1" in await store.load_installed_as_of()
     await store.close()
 
 
