@@ -5,17 +5,27 @@ A registration is answered only once its agent is written (503 ``store_unavailab
 the store cannot: an agent told it is registered must still be known after a restart), but it
 does not wait for a write of its own. The first registration starts a write; every one that
 arrives while it is under way joins the next (group commit), so a fleet registering at once
-costs a few transactions, not one per agent.
+costs a few transactions, not one per agent. The group shares one transaction, so a write
+that fails fails every registration of its group with the store's reason (they stay known in
+memory and dirty, for the next flush); the next group is a write of its own.
+
+Each group written logs one line: the agent's own when it was alone, else one naming every
+agent of the group (name, id, URL), so that a search of the log for an agent still finds when
+it registered, without a log record per agent (a record per agent was a fifth of the event
+loop's time in a burst of 5,000).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 
 from fleetd.core.background import Jobs
 from fleetd.core.store import Store
 from fleetd.core.wire import Agent
+
+log = logging.getLogger("fleetd.registry")
 
 
 class AgentRows:
@@ -57,6 +67,7 @@ class AgentRows:
                     done.exception()  # retrieved: the registrations waiting answer with it
                 else:
                     self.dirty.difference_update(a.id for a in group)
+                    _log_registered(group)
                     done.set_result(None)
         finally:
             self._writing = False
@@ -73,3 +84,12 @@ class AgentRows:
             # Not lost: the next flush writes them again with whatever changed since.
             self.dirty.update(a.id for a in batch)
             raise
+
+
+def _log_registered(group: list[Agent]) -> None:
+    if len(group) == 1:
+        a = group[0]
+        log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
+    else:
+        names = ", ".join(f"{a.name} ({a.id}) at {a.url}" for a in group)
+        log.info("%d agents registered: %s", len(group), names)

@@ -106,8 +106,8 @@ class Registry:
 
         A fresh or returning agent is ``initializing`` with ``total_models`` to go until its
         first heartbeat says otherwise. It is written before the answer (503 when the store
-        cannot), in one write shared by every registration that arrives meanwhile (agent_rows.py):
-        when a whole fleet registers at once, each does not wait for a write of its own.
+        cannot), in one write shared by every registration that arrives meanwhile, which logs
+        it (agent_rows.py).
         """
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
@@ -144,7 +144,6 @@ class Registry:
         self._contact(a.id)
         a.revision = next_revision()  # the copy other coordinators read is the newer one
         await self.rows.registered(a)
-        log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
         self._changed(a, persist=False)
         self._notify(self.on_online, a)
         return a
