@@ -48,14 +48,18 @@ class ModelSizes:
     def note(self, model: str, size: int) -> None:
         self.sizes[model] = size
 
+    def settled(self, model: str) -> bool:
+        """Whether ``lookup`` would answer at once (size known, or asked too recently)."""
+        failed = self._failed_at.get(model)
+        return model in self.sizes or (
+            failed is not None and time.monotonic() - failed < RETRY_UNKNOWN_S
+        )
+
     async def lookup(self, model: str) -> int | None:
         """The size, or None when the registry cannot say now (one look-up per model at a
         time, shared by every caller)."""
-        if model in self.sizes:
-            return self.sizes[model]
-        failed = self._failed_at.get(model)
-        if failed is not None and time.monotonic() - failed < RETRY_UNKNOWN_S:
-            return None
+        if self.settled(model):
+            return self.sizes.get(model)
         pending = self._lookups.get(model)
         if pending is None:
             pending = self._lookups[model] = asyncio.ensure_future(self._fetch(model))
@@ -110,8 +114,10 @@ def fitting(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
 
 async def fitting_now(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
     """``models`` less those that do not fit ``agent``, looking up sizes not known yet."""
-    found = await asyncio.gather(*(sizes.lookup(m) for m in models))
-    return [m for m, size in zip(models, found, strict=True) if exceeds(agent, m, size) is None]
+    unsettled = [m for m in models if not sizes.settled(m)]
+    if unsettled:  # else no task per model: a fleet registering at once syncs every agent
+        await asyncio.gather(*(sizes.lookup(m) for m in unsettled))
+    return fitting(agent, models, sizes)
 
 
 MODEL_SIZES = web.AppKey("model_sizes", ModelSizes)
