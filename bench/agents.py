@@ -296,6 +296,8 @@ class Result:
     register_s: float
     sse_kb_s: float | None
     """Bytes per second one open dashboard receives on ``/api/events`` (fleetd only)."""
+    rnd: int = 0
+    """Which round measured it (``--rounds``)."""
 
 
 async def time_list(session: aiohttp.ClientSession, url: str, n: int) -> tuple[float, int]:
@@ -460,6 +462,32 @@ def report(results: list[Result], ns: list[int], interval: float) -> None:
     )
 
 
+def burst_ratios(results: list[Result], n: int) -> list[float]:
+    """fleetd's registration burst time over the bare coordinator's, one per round."""
+    by = {(r.kind, r.rnd): r.register_s for r in results if r.n == n}
+    rounds = sorted({rnd for _, rnd in by})
+    both = [i for i in rounds if ("fleetd", i) in by and ("bare", i) in by]
+    return [by["fleetd", i] / by["bare", i] for i in both]
+
+
+def report_bursts(results: list[Result], ns: list[int]) -> None:
+    """The registration burst's verdict, in one line per fleet size."""
+    print()
+    for n in ns:
+        ratios = burst_ratios(results, n)
+        if not ratios:
+            continue
+        f = _median(results, "fleetd", n, "register_s")
+        b = _median(results, "bare", n, "register_s")
+        print(
+            f"Registration burst, {n} agents at once: fleetd {_fmt(f, '.2f')} s, bare "
+            f"{_fmt(b, '.2f')} s: **{statistics.median(ratios):.2f}×** (median; goal ≤ 3×); "
+            f"rounds {', '.join(f'{x:.2f}×' for x in ratios)}"
+        )
+    load = os.getloadavg()
+    print(f"Load average at the end: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+
+
 def print_profile(path: Path) -> None:
     print(f"\ncProfile of fleetd written to {path}; top functions by own time:")
     pstats.Stats(str(path)).sort_stats("tottime").print_stats(25)
@@ -470,6 +498,8 @@ async def main_async(args: argparse.Namespace) -> int:
     kinds = [k for k in ("fleetd", "bare") if k in args.targets.split(",")]
     results: list[Result] = []
     profiles: list[Path] = []
+    load = os.getloadavg()
+    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     for rnd in range(args.rounds):
         for n in ns:
             for kind in kinds if rnd % 2 == 0 else kinds[::-1]:
@@ -478,9 +508,10 @@ async def main_async(args: argparse.Namespace) -> int:
                     profile = args.profile / f"fleetd-{n}-{rnd}.prof"
                 print(f"round {rnd + 1}/{args.rounds}: {kind} with {n} agents …", flush=True)
                 r = await measure(kind, n, args, profile)
+                r.rnd = rnd
                 results.append(r)
                 print(
-                    f"  registered in {r.register_s:.1f} s; CPU {r.cpu_pct:.1f} % "
+                    f"  registered in {r.register_s:.2f} s; CPU {r.cpu_pct:.1f} % "
                     f"({r.loop_cpu_pct:.1f} % in the event-loop thread), "
                     f"RSS {r.rss_mb:.0f} MB, list {r.list_ms:.0f} ms, "
                     f"{r.hb_rate:.0f} heartbeats/s, load gen CPU {r.load_cpu_pct:.0f} %"
@@ -489,7 +520,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 if profile is not None:
                     profiles.append(profile)
+            burst = {r.kind: r.register_s for r in results if r.n == n and r.rnd == rnd}
+            if len(burst) == 2:
+                ratio = burst["fleetd"] / burst["bare"]
+                print(f"  registration burst, fleetd / bare: {ratio:.2f}×", flush=True)
     report(results, ns, args.interval)
+    report_bursts(results, ns)
     for p in profiles:
         print_profile(p)
     return 0
