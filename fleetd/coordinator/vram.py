@@ -109,7 +109,13 @@ def too_large(sizes: ModelSizes) -> Callable[[Agent, str], str | None]:
 
 def fitting(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
     """``models`` less those known not to fit ``agent`` (no look-up: sizes known now)."""
-    return [m for m in models if exceeds(agent, m, sizes.known(m)) is None]
+    # Answered with every registration and heartbeat: the GPU total is summed once, not per
+    # model.
+    total = gpu_memory(agent)
+    if total <= 0:
+        return list(models)  # GPU memory unknown: nothing is refused
+    room = total - agent.margin_bytes
+    return [m for m in models if (size := sizes.known(m)) is None or size <= room]
 
 
 async def fitting_now(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
