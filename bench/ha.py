@@ -39,8 +39,8 @@ from bench.agents import (
     SimAgent,
     measure,
     time_list,
-    tree_cpu_s,
 )
+from bench.proc_stats import tree_cpu_s
 from bench.procs import Proc, spawn
 from tests.pg import PgServer, find_bindir
 
