@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 
 from fleetd.config import redact_url
+from fleetd.core.counts import pg_add
 from fleetd.core.errors import StartupError
 from fleetd.core.pg_conn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, UNAVAILABLE, describe
 from fleetd.core.pg_notify import CHANGES, change_payloads
@@ -296,6 +297,15 @@ class PgStore(PgKeyStore):
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             [(key, value)],
         )
+
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        totals: dict[str, int] = {}
+
+        async def op(conn: Conn) -> None:
+            totals.update(await pg_add(conn, key, deltas))
+
+        await self._submit(op)
+        return totals
 
     # -- for coordinators sharing the database (coordinator/cluster.py) --------------------
 
