@@ -6,8 +6,9 @@ Each coordinator keeps the fleet in memory as before; this module keeps those me
   ``NOTIFY fleetd_changes`` in its own transaction (core/pgstore.py), so others hear of it
   once committed. Here one dedicated connection LISTENs, reads the rows named and applies
   them where newer by ``revision`` (registry/distribution ``apply_remote``), which publishes
-  them on this coordinator's ``/api/events``. A lost connection means news may have been
-  missed: on reconnecting, everything is read again (same rule: newer wins).
+  them on this coordinator's ``/api/events``. Key-value entries that others follow (the
+  supported list) are read again by their owner (``on_kv``). A lost connection means news
+  may have been missed: on reconnecting, everything is read again (same rule: newer wins).
 - Contacts: agents heard from here are written, twice a second and in one statement, to
   ``fleetd_contact`` and announced; the others count that as contact, so no agent is judged
   offline because it talks to another coordinator.
@@ -26,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -36,6 +37,8 @@ from aiohttp import web
 from fleetd.coordinator.distribution import DISTRIBUTION, Distribution
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.inventory import INVENTORY, Inventory
+from fleetd.coordinator.model_sets import KV_KEY as SUPPORTED_KEY
+from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.core.background import background
 from fleetd.core.pg_conn import CONNECT_TIMEOUT_S, describe
@@ -65,6 +68,8 @@ class Cluster:
         self._news: asyncio.Queue[Change] = asyncio.Queue()
         self._dec = msgspec.json.Decoder(Change)
         self._lost = asyncio.Event()
+        self.on_kv: dict[str, Callable[[], Awaitable[None]]] = {}
+        """Key-value key -> what reads it again when another coordinator wrote it."""
 
     def attach(self) -> None:
         self.store.origin = self.origin
@@ -171,6 +176,8 @@ class Cluster:
             self.dist.apply_remote(t)
         for agent_id, models in (await self.store.load_installed()).items():
             self.inventory.taken(agent_id, models)
+        for reload in self.on_kv.values():
+            await reload()
 
     async def run_news(self) -> None:
         """Apply notices in batches: all that arrived while the last batch was read."""
@@ -178,7 +185,7 @@ class Cluster:
             batch = [await self._news.get()]
             while not self._news.empty():
                 batch.append(self._news.get_nowait())
-            ids: dict[str, dict[str, None]] = {"a": {}, "t": {}, "i": {}, "c": {}}
+            ids: dict[str, dict[str, None]] = {"a": {}, "t": {}, "i": {}, "c": {}, "k": {}}
             for change in batch:
                 ids.setdefault(change.k, {}).update(dict.fromkeys(change.ids))
             try:
@@ -200,6 +207,9 @@ class Cluster:
         if ids["i"]:
             for agent_id, models in (await self.store.installed_of(list(ids["i"]))).items():
                 self.inventory.taken(agent_id, models)
+        for key in ids["k"]:
+            if (reload := self.on_kv.get(key)) is not None:
+                await reload()
 
     async def run_contacts(self) -> None:
         """Write who was heard from here, at most once per flush per agent."""
@@ -225,6 +235,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     cluster = Cluster(store, app[REGISTRY], app[DISTRIBUTION], app[INVENTORY])
     cluster.attach()
+    cluster.on_kv[SUPPORTED_KEY] = app[MODEL_SETS].reload
     app[REGISTRY].on_offline_elsewhere.append(app[GATEWAY].agent_offline)
     async with (
         background(cluster.run_news(), "cluster-news"),

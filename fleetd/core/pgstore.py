@@ -296,6 +296,8 @@ class PgStore(PgKeyStore):
             "INSERT INTO kv(key, value) VALUES ($1,$2)"
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             [(key, value)],
+            "k",
+            [key],
         )
 
     async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]:
