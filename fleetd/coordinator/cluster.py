@@ -6,9 +6,10 @@ Each coordinator keeps the fleet in memory as before; this module keeps those me
   ``NOTIFY fleetd_changes`` in its own transaction (core/pgstore.py), so others hear of it
   once committed. Here one dedicated connection LISTENs, reads the rows named and applies
   them where newer by ``revision`` (registry/distribution ``apply_remote``), which publishes
-  them on this coordinator's ``/api/events``. Key-value entries that others follow (the
-  supported list) are read again by their owner (``on_kv``). A lost connection means news
-  may have been missed: on reconnecting, everything is read again (same rule: newer wins).
+  them on this coordinator's ``/api/events``. An agent whose row is gone was removed: it
+  leaves memory here too. Key-value entries that others follow (the supported list) are read
+  again by their owner (``on_kv``). A lost connection means news may have been missed: on
+  reconnecting, everything is read again (same rule: newer wins).
 - Contacts: agents heard from here are written, twice a second and in one statement, to
   ``fleetd_contact`` and announced; the others count that as contact, so no agent is judged
   offline because it talks to another coordinator.
@@ -170,8 +171,12 @@ class Cluster:
 
     async def resync(self) -> None:
         """Read everything again (after a gap in the news); newer copies win."""
-        for a in await self.store.load_agents():
+        stored = await self.store.load_agents()
+        for a in stored:
             self.registry.apply_remote(a)
+        gone = self.registry.agents.keys() - {a.id for a in stored}
+        if gone:  # or registered since the read: asked again
+            await self._agents(list(gone))
         for t in await self.store.load_tasks():
             self.dist.apply_remote(t)
         for agent_id, models in (await self.store.load_installed()).items():
@@ -199,8 +204,7 @@ class Cluster:
         if ids["c"]:
             self.registry.heard_elsewhere(list(ids["c"]))
         if ids["a"]:
-            for a in await self.store.agents_by_id(list(ids["a"])):
-                self.registry.apply_remote(a)
+            await self._agents(list(ids["a"]))
         if ids["t"]:
             for t in await self.store.tasks_by_id(list(ids["t"])):
                 self.dist.apply_remote(t)
@@ -210,6 +214,16 @@ class Cluster:
         for key in ids["k"]:
             if (reload := self.on_kv.get(key)) is not None:
                 await reload()
+
+    async def _agents(self, ids: list[str]) -> None:
+        """Read these agents again; those no longer in the database were removed."""
+        stored = await self.store.agents_by_id(ids)
+        for a in stored:
+            self.registry.apply_remote(a)
+        for agent_id in set(ids) - {a.id for a in stored}:
+            if (gone := self.registry.get(agent_id)) is not None:
+                await self.registry.forget(gone, elsewhere=True)
+                self.inventory.forget(agent_id)
 
     async def run_contacts(self) -> None:
         """Write who was heard from here, at most once per flush per agent."""

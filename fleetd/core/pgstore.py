@@ -281,6 +281,7 @@ class PgStore(PgKeyStore):
             await conn.execute("DELETE FROM agents WHERE id = $1", agent_id)
             await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
             await conn.execute("DELETE FROM installed_as_of WHERE agent_id = $1", agent_id)
+            await self._announce(conn, "a", [agent_id])  # others read it gone, and forget it
 
         await self._submit(op)
 

@@ -1,5 +1,5 @@
 """What an operator changes through one coordinator reaches the others at once, no restart:
-the supported list."""
+the supported list, a drain, a removed agent."""
 
 from __future__ import annotations
 
@@ -10,11 +10,13 @@ from tests.distribution.conftest import (
     PREINSTALLED,
     SMALL,
     Events,
+    agents,
     tasks,
     wait_agent,
 )
 from tests.ha.conftest import agent_on, pair
 from tests.procs import Proc, admin, wait_until
+from tests.web.conftest import closed_port_url
 
 EXTRA = "nomic-embed-text:latest"
 
@@ -73,3 +75,51 @@ def test_a_supported_list_put_through_one_is_applied_at_once_by_the_other(
             lambda c=c: [t["status"] for t in tasks(c) if t["model"] == EXTRA] == ["completed"],
             what="one task for the new model, completed",
         )
+
+
+def test_drain_and_undrain_through_one_show_on_the_other(fleet: Fleet, pg_url: str) -> None:
+    sim = fleet.sim(*PREINSTALLED)
+    a, b = pair(fleet, pg_url)
+    # Heartbeats to B only, so often that B's copy of the agent is always newer than A's
+    # drain by the time B reads it: the drain must still win.
+    fleet.agent(b.url, ollama=sim.url, registry_url=sim.url, heartbeat_interval_s=0.01)
+    agent_id = wait_agent(b, initializing=False)["id"]
+    wait_until(lambda: agent_on(a, agent_id), what="the agent on A")
+    for action, draining in (("drain", True), ("undrain", False)):
+        with admin(a.url) as cl:
+            assert cl.post(f"/api/agents/{agent_id}/{action}").status_code == 200
+        wait_until(
+            lambda d=draining: (x := agent_on(b, agent_id)) and x["draining"] is d,
+            what=f"the {action} seen from B",
+        )
+        assert agent_on(a, agent_id)["draining"] is draining  # type: ignore[index]
+
+
+def test_an_agent_removed_through_one_disappears_from_the_other(fleet: Fleet, pg_url: str) -> None:
+    sim = fleet.sim(*PREINSTALLED, "--preinstall", EXTRA)
+    # Online until removed; with the library down, the catalog lists the fleet's installed
+    # models: the inventory, seen from outside.
+    a, b = pair(fleet, pg_url, heartbeat_timeout_s=60, library_url=closed_port_url())
+    agent = fleet.agent(b.url, ollama=sim.url, registry_url=sim.url)
+    agent_id = wait_agent(b, initializing=False)["id"]
+    wait_until(lambda: agent_on(a, agent_id), what="the agent on A")
+    assert _fleet_catalog(b) == {"llama3.2", "qwen2.5", "nomic-embed-text"}
+    on_b = Events(b.url)
+    try:
+        assert agent.stop() == 0  # so that it does not register anew
+        with admin(a.url) as cl:
+            r = cl.delete(f"/api/agents/{agent_id}", params={"force": "true"})
+        assert r.status_code == 200, r.text
+
+        wait_until(lambda: agents(b) == [], what="the agent gone from B's list")
+        wait_until(
+            lambda: {"id": agent_id} in _events(on_b, "agent_removed"),
+            what="agent_removed on B's /api/events",
+        )
+    finally:
+        on_b.close()
+    assert _get(b, "/api/models/matrix")["agents"] == []
+    assert _fleet_catalog(b) == set()
+    with admin(b.url) as cl:
+        assert cl.get(f"/api/agents/{agent_id}/models").status_code == 404
+    assert agents(a) == []
