@@ -191,10 +191,9 @@ class Registry:
             a.gpus = hb.gpus
         if hb.loaded_models is not None:
             a.loaded_models = hb.loaded_models
-        if came_back:
-            log.info("agent %s (%s) is back online", a.name, a.id)
         self._changed(a, persist)
         if came_back:
+            log.info("agent %s (%s) is back online", a.name, a.id)
             self._notify(self.on_online, a)
         return a
 
@@ -204,16 +203,16 @@ class Registry:
             return
         a.draining = draining
         log.info("agent %s (%s) %s", a.name, a.id, "draining" if draining else "undrained")
+        self._changed(a, persist=False)  # first: the copy others read must be the newer one
         await self.store.save_agents([a])
-        self._changed(a, persist=False)
 
-    async def forget(self, a: Agent) -> None:
-        """Remove ``a``: offline first (its requests and tasks are ended by the listeners),
-        then gone from memory and the store; if it comes back it registers anew."""
+    async def forget(self, a: Agent, *, elsewhere: bool = False) -> None:
+        """Remove ``a``: offline first (listeners end its requests and tasks), then from memory and
+        the store, or memory only if removed ``elsewhere`` (cluster.py); it may register anew."""
         if a.status == "online":
             a.status = "offline"
             self._changed(a, persist=False)
-            self._notify(self.on_offline, a)
+            self._notify(self.on_offline_elsewhere if elsewhere else self.on_offline, a)
         self.agents.pop(a.id, None)
         if self._by_url.get(a.url) == a.id:
             del self._by_url[a.url]
@@ -221,10 +220,11 @@ class Registry:
             del self._by_instance[a.instance_id]
         self.liveness.drop(a.id)
         self.rows.dirty.discard(a.id)
-        await self.store.delete_agent(a.id)
-        log.info("agent %s (%s) removed", a.name, a.id)
+        if not elsewhere:
+            await self.store.delete_agent(a.id)
+            self._notify(self.on_forget, a)
+        log.info("agent %s (%s) removed%s", a.name, a.id, " elsewhere" if elsewhere else "")
         self.events.publish("agent_removed", {"id": a.id})
-        self._notify(self.on_forget, a)
 
     def _contact(self, agent_id: str) -> None:
         if self.contacted is not None:
@@ -235,8 +235,7 @@ class Registry:
         self.liveness.heard(agent_id, self.agents[agent_id].heartbeat_interval_s)
 
     def touch(self, agent_id: str) -> None:
-        """Any authenticated contact from an online agent proves it is still alive (an
-        offline one comes back with its next heartbeat)."""
+        """Contact from an online agent proves it alive (an offline one returns by heartbeat)."""
         if agent_id in self.liveness:
             self._contact(agent_id)
 
@@ -249,6 +248,9 @@ class Registry:
         observe_revision(copy.revision)
         a = self.agents.get(copy.id)
         if a is not None and a.revision >= copy.revision:
+            if a.draining != copy.draining:  # drained elsewhere, ours newer by heartbeats only
+                a.draining = copy.draining
+                self._changed(a, persist=False)
             return
         was_online = a is not None and a.status == "online"
         if a is None:
@@ -259,11 +261,10 @@ class Registry:
             for field in copy.__struct_fields__:
                 setattr(a, field, getattr(copy, field))
         self._index(a)
-        if a.status == "online":
-            if not was_online:
-                self._heard(a.id)
-        else:
+        if a.status != "online":
             self.liveness.drop(a.id)
+        elif not was_online:
+            self._heard(a.id)
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
         if was_online and a.status == "offline":

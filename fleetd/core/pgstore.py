@@ -23,6 +23,7 @@ import asyncpg
 import msgspec
 
 from fleetd.config import redact_url
+from fleetd.core.counts import pg_add
 from fleetd.core.errors import StartupError
 from fleetd.core.pg_conn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, UNAVAILABLE, describe
 from fleetd.core.pg_notify import CHANGES, change_payloads
@@ -285,6 +286,7 @@ class PgStore(PgKeyStore):
             await conn.execute("DELETE FROM agents WHERE id = $1", agent_id)
             await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
             await conn.execute("DELETE FROM installed_as_of WHERE agent_id = $1", agent_id)
+            await self._announce(conn, "a", [agent_id])  # others read it gone, and forget it
 
         await self._submit(op)
 
@@ -300,7 +302,18 @@ class PgStore(PgKeyStore):
             "INSERT INTO kv(key, value) VALUES ($1,$2)"
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             [(key, value)],
+            "k",
+            [key],
         )
+
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        totals: dict[str, int] = {}
+
+        async def op(conn: Conn) -> None:
+            totals.update(await pg_add(conn, key, deltas))
+
+        await self._submit(op)
+        return totals
 
     # -- for coordinators sharing the database (coordinator/cluster.py) --------------------
 

@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from aiohttp import web
 
+from fleetd.core.counts import sqlite_add
 from fleetd.core.errors import ApiError
 from fleetd.core.keystore import SQLITE_MIGRATION, KeyStore, SqliteKeyStore
 from fleetd.core.tokens import private_files
@@ -105,6 +106,7 @@ class Store(KeyStore, Protocol):
     async def delete_tasks(self, task_ids: Iterable[str]) -> None: ...
     async def get_kv(self, key: str) -> bytes | None: ...
     async def set_kv(self, key: str, value: bytes) -> None: ...
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]: ...
     async def check(self) -> str | None: ...
     async def close(self) -> None: ...
 
@@ -383,6 +385,10 @@ class SqliteStore(SqliteKeyStore):
 
     async def set_kv(self, key: str, value: bytes) -> None:
         await self._write("INSERT OR REPLACE INTO kv(key, value) VALUES (?,?)", [(key, value)])
+
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        """Add ``deltas`` to the counters under ``key`` (core/counts.py); the new totals."""
+        return await self._submit(lambda c: sqlite_add(c, key, deltas), writes=True)
 
 
 STORE = web.AppKey("store", Store)
