@@ -58,7 +58,7 @@ class Distribution:
         inventory: Inventory,
         supported: list[str],
         session: aiohttp.ClientSession,
-        agent_token: str,
+        agent_token: Callable[[], str],
         wanted: Callable[[Agent], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.events = events
@@ -310,7 +310,7 @@ DISTRIBUTION = web.AppKey("distribution", Distribution)
 async def run_distribution(app: web.Application) -> AsyncIterator[None]:
     """Registered after the entries of the registry (it needs the agents loaded), the
     inventory and the client."""
-    sets, sizes = app[MODEL_SETS], app[MODEL_SIZES]
+    sets, sizes, tokens = app[MODEL_SETS], app[MODEL_SIZES], app[TOKENS]
 
     async def wanted(agent: Agent) -> list[str]:
         return await fitting_now(agent, sets.for_agent(agent), sizes)
@@ -322,7 +322,7 @@ async def run_distribution(app: web.Application) -> AsyncIterator[None]:
         app[INVENTORY],
         sets.everything(),
         app[CLIENT],
-        app[TOKENS].agent,
+        lambda: tokens.agent,
         wanted,
     )
     app[DISTRIBUTION] = dist

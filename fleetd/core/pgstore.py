@@ -29,6 +29,7 @@ from fleetd.core.pg_conn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, UNAVAILABL
 from fleetd.core.pg_notify import CHANGES, change_payloads
 from fleetd.core.pg_schema import migrate
 from fleetd.core.pgkeystore import PgKeyStore
+from fleetd.core.pgtokens import PgTokenStore
 from fleetd.core.store import StoreUnavailable
 from fleetd.core.wire import Agent, InstalledModel, Task
 
@@ -38,7 +39,7 @@ T = TypeVar("T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 
 
-class PgStore(PgKeyStore):
+class PgStore(PgKeyStore, PgTokenStore):
     """PostgreSQL through an asyncpg pool; one writer task, batched commits."""
 
     def __init__(self, url: str, *, max_connections: int = 4) -> None:
