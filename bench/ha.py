@@ -47,7 +47,9 @@ from bench.agents import (
 )
 from bench.hbload import HeartbeatLoad
 from bench.procs import Proc, spawn
+from fleetd.core.gpu import Gpu
 from fleetd.core.server import run
+from fleetd.core.wire import Heartbeat
 from tests.pg import PgServer, find_bindir
 
 SLICE_S = 10.0
@@ -146,6 +148,9 @@ class Window:
     non_200: list[str] = field(default_factory=list)
     offline: int = 0
     listed: dict[str, int] = field(default_factory=dict)
+    checked: int = 0
+    """Agents whose last accepted heartbeat was compared with what the coordinator lists."""
+    mismatched: int = 0
     slices: dict[str, list[float]] = field(default_factory=dict)
     """CPU % per ``SLICE_S`` of the window, per process tree: a steady window varies little."""
     ages: list[float] = field(default_factory=list)
@@ -160,20 +165,43 @@ class Window:
         return self.rate[name] < ENOUGH * self.target[name]
 
 
-class _Agents(msgspec.Struct):
-    agents: list[_Status]
+class _Listed(msgspec.Struct):
+    """What ``GET /api/agents`` says of an agent that a heartbeat sets."""
 
-
-class _Status(msgspec.Struct):
+    id: str
     status: str = "online"
+    requests_in_flight: int = 0
+    cpu_percent: float | None = None
+    gpus: list[Gpu] = msgspec.field(default_factory=list)
 
 
-async def listed(session: aiohttp.ClientSession, url: str) -> tuple[int, int]:
-    """(agents listed, of which offline) by ``GET /api/agents``."""
-    async with session.get(url + "/api/agents", headers=ADMIN_HEADERS) as r:
+class _Agents(msgspec.Struct):
+    agents: list[_Listed]
+
+
+async def check_list(
+    session: aiohttp.ClientSession, load: HeartbeatLoad, w: Window, name: str
+) -> None:
+    """Count the agents ``load``'s coordinator lists and those it has offline, and check it
+    holds the figures of each agent's last accepted heartbeat (proof that it applied them)."""
+    async with session.get(load.url + "/api/agents", headers=ADMIN_HEADERS) as r:
         r.raise_for_status()
         agents = msgspec.json.decode(await r.read(), type=_Agents).agents
-    return len(agents), sum(a.status != "online" for a in agents)
+    w.listed[name] = len(agents)
+    w.offline += sum(a.status != "online" for a in agents)
+    by_id = {a.id: a for a in agents}
+    for i, agent_id in enumerate(load.ids):
+        body = load.last_accepted(i)
+        if body is None or agent_id not in by_id:
+            continue
+        sent, held = msgspec.json.decode(body, type=Heartbeat), by_id[agent_id]
+        w.checked += 1
+        if (held.requests_in_flight, held.cpu_percent, held.gpus) != (
+            sent.requests_in_flight,
+            sent.cpu_percent,
+            sent.gpus,
+        ):
+            w.mismatched += 1
 
 
 async def _slices(pids: dict[str, int], out: dict[str, list[float]]) -> None:
@@ -225,9 +253,12 @@ async def drive(
         cpu1 = {k: await asyncio.to_thread(tree_cpu_s, p) for k, p in pids.items()}
         own1, w1 = own_cpu_s(), loop.time()
         beats1 = {k: x.heartbeats for k, x in loads.items()}
+        for t in runs:
+            t.cancel()
+        for x in loads.values():
+            x.close()
         for k, x in loads.items():
-            w.listed[k], offline = await listed(session, x.url)
-            w.offline += offline
+            await check_list(session, x, w, k)
     finally:
         for t in [*runs, *aux]:
             t.cancel()
@@ -371,6 +402,11 @@ def report(n: int, args: argparse.Namespace, bare: list[Window], pair: list[Wind
             "longest silence of any agent",
             f"{max(w.max_gap for w in bare + pair):.1f} s",
             f"< {HEARTBEAT_TIMEOUT_S:g} s",
+        ),
+        (
+            "agents whose listed figures match their last accepted heartbeat",
+            " / ".join(f"{w.checked - w.mismatched} of {w.checked}" for w in bare + pair),
+            "all",
         ),
         ("replies other than 200", "; ".join(x for w in bare + pair for x in w.non_200), "none"),
     ]

@@ -326,15 +326,24 @@ class HeartbeatLoad:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def last_accepted(self, i: int) -> bytes | None:
+        """The body of agent ``i``'s last heartbeat answered 200, None while one is in flight
+        (the coordinator may hold a newer one) or before the first."""
+        if self.busy[i] or not self.beats[i]:
+            return None
+        return self.bodies[(i + self.beats[i] - 1) % BODIES]
+
     def reset_window(self) -> None:
         self.max_lag = 0.0
         self.max_queue = 0
 
     def close(self) -> None:
+        """Stop: connections closed, late replies ignored (agents in flight stay busy)."""
         for conn in list(self._open):
             conn.load = _Closed()  # type: ignore[assignment]
             if conn.transport is not None:
                 conn.transport.close()
+        self._open.clear()
         for task in self._tasks:
             task.cancel()
 
