@@ -12,7 +12,8 @@ the floor for its half. Agents misjudged offline are counted on both (log and li
 Meanwhile one agent of A's reports download progress to A twice a second, and the age of
 each report when it shows on B's ``/api/events`` is recorded (goal ≤ 1 s).
 
-    python -m bench.ha [--agents 5000] [--interval 5] [--duration 60] [--rounds 1]
+    python -m bench.ha [--agents 5000] [--rounds 1] [--duration 60] [--settle 60]
+                       [--connections 0] [--interval 5]
 
 Rounds alternate the order (bare then pair, pair then bare, …) and the table gives medians.
 """
@@ -48,7 +49,7 @@ from bench.agents import (
 from bench.hbload import HeartbeatLoad
 from bench.procs import Proc, spawn
 from fleetd.core.gpu import Gpu
-from fleetd.core.server import run
+from fleetd.core.server import raise_open_files_limit, run
 from fleetd.core.wire import Heartbeat
 from tests.pg import PgServer, find_bindir
 
@@ -295,7 +296,9 @@ async def run_bare(args: argparse.Namespace) -> Window:
     )
     try:
         async with _session() as session:
-            load = HeartbeatLoad(bare.url, AGENT_TOKEN, args.agents // 2, args.interval)
+            load = HeartbeatLoad(
+                bare.url, AGENT_TOKEN, args.agents // 2, args.interval, conns=args.connections
+            )
             return await drive({"bare": load}, {"bare": bare.proc.pid}, args, session)
     finally:
         await bare.stop()
@@ -312,8 +315,17 @@ async def run_pair(args: argparse.Namespace, pg: PgServer) -> Window:
         try:
             async with _session() as session:
                 loads = {
-                    "A": HeartbeatLoad(a.url, AGENT_TOKEN, n // 2, interval),
-                    "B": HeartbeatLoad(b.url, AGENT_TOKEN, n - n // 2, interval, first=n // 2),
+                    "A": HeartbeatLoad(
+                        a.url, AGENT_TOKEN, n // 2, interval, conns=args.connections
+                    ),
+                    "B": HeartbeatLoad(
+                        b.url,
+                        AGENT_TOKEN,
+                        n - n // 2,
+                        interval,
+                        first=n // 2,
+                        conns=args.connections,
+                    ),
                 }
                 probe = ProgressProbe(session, a.url, b.url, loads["A"])
                 pids = {"A": a.proc.pid, "B": b.proc.pid, "PostgreSQL": pg.proc.pid}
@@ -476,11 +488,18 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=60.0, help="CPU measurement window, s")
     p.add_argument("--rounds", type=int, default=1, help="alternating rounds; medians reported")
     p.add_argument(
+        "--connections",
+        type=int,
+        default=0,
+        help="keep-alive connections per coordinator; 0 (default): one per agent, as a fleet",
+    )
+    p.add_argument(
         "--settle",
         type=float,
         default=60.0,
         help="seconds from the last registration to the window (at least two intervals)",
     )
+    raise_open_files_limit()  # --connections 0 holds one socket per agent
     sys.exit(run(main_async(p.parse_args())))  # uvloop when installed, as fleetd runs
 
 

@@ -10,10 +10,10 @@ heartbeat; on 2 cores shared with two coordinators and PostgreSQL it reached 288
   BODIES``, so every heartbeat carries other figures than the agent's previous one;
 - each agent's request head (its path, the agent token, the headers aiohttp sends for a real
   agent) is encoded once at registration, and a heartbeat is ``head + body``;
-- a few keep-alive connections per target (``asyncio.Protocol``, one request in flight on
-  each, as an HTTP/1.1 client does without pipelining) carry every agent's heartbeats: a
-  heartbeat names its agent in the path, so the coordinator does not care which connection
-  brings it;
+- keep-alive connections (``asyncio.Protocol``, one request in flight on each, as an
+  HTTP/1.1 client does without pipelining), by default one per agent as a real fleet holds,
+  or fewer (``conns``) shared by all agents: a heartbeat names its agent in the path, so the
+  coordinator does not care which connection brings it;
 - a reply is read as its status line and ``Content-Length`` bytes, nothing decoded.
 
 Registration goes through aiohttp with the ``Registration`` struct (it is not timed), and an
@@ -161,10 +161,11 @@ class HeartbeatLoad:
         *,
         first: int = 0,
         gpus: int = 8,
-        conns: int = 8,
+        conns: int = 0,
     ) -> None:
-        """Agents are named ``sim-{first}`` on: loads sharing a database need distinct ones."""
-        self.url, self.n, self.interval, self.conns = url, n, interval, conns
+        """Agents are named ``sim-{first}`` on: loads sharing a database need distinct ones.
+        ``conns`` 0 opens one connection per agent, as a real fleet holds."""
+        self.url, self.n, self.interval, self.conns = url, n, interval, conns or n
         self.first = first
         parts = urlsplit(url)
         self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
@@ -188,7 +189,9 @@ class HeartbeatLoad:
         """Slots missed because the agent's previous heartbeat was still unanswered."""
         self.max_lag = 0.0
         self.max_queue = 0
-        self._idle: list[_Conn] = []
+        self._idle: deque[_Conn] = deque()
+        """Oldest idle first: every connection carries its share, as when each agent holds
+        its own (the coordinator sees each connection as busy as the fleet makes it)."""
         self._queue: deque[tuple[int, float]] = deque()
         self._open: set[_Conn] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -278,7 +281,7 @@ class HeartbeatLoad:
             if lag > self.max_lag:
                 self.max_lag = lag
             k = (i + self.beats[i]) % BODIES
-            idle.pop().send(i, self.heads[i] + self.lengths[k] + self.bodies[k])
+            idle.popleft().send(i, self.heads[i] + self.lengths[k] + self.bodies[k])
 
     def replied(self, conn: _Conn, agent: int, status: int, body: bytes) -> None:
         self.statuses[status] += 1
