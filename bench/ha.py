@@ -391,7 +391,8 @@ def report(n: int, args: argparse.Namespace, bare: list[Window], pair: list[Wind
         ),
         (
             "progress reported to A, age on B's /api/events: median / max",
-            f"{statistics.median(ages):.3f} / {max(ages):.3f} s ({len(ages)} reports)"
+            f"{statistics.median(ages):.3f} / {max(ages):.3f} s ({len(ages)} reports, "
+            f"{sum(a > 1 for a in ages)} older than 1 s)"
             if ages
             else "none seen",
             "≤ 1 s",
