@@ -161,3 +161,12 @@ class PgKeyStore:
         rows = await self._fetch(sql, *args)
         # sum() of BIGINT is NUMERIC in PostgreSQL (Decimal here).
         return [UsageRow(r[0], r[1], *(int(v) for v in r[2:])) for r in rows]
+
+    async def prune_usage(self, before: int) -> int:
+        # Several coordinators may prune at once: the same DELETE, harmless twice.
+        rows = await self._fetch(
+            "WITH gone AS (DELETE FROM key_usage WHERE bucket < $1 RETURNING 1)"
+            " SELECT count(*) FROM gone",
+            before,
+        )
+        return int(rows[0][0])
