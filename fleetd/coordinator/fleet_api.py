@@ -153,7 +153,12 @@ async def follow_model_sets(app: web.Application) -> AsyncIterator[None]:
             app[DISTRIBUTION].resync()
         app[EVENTS].publish("supported", {"models": sets.supported})
 
+    def resized() -> None:
+        pools.set_supported(sets.everything(), registry.agents.values())
+
     apply()  # the stored list may differ from the config's the others started with
     sets.on_change.append(changed)
+    sizes.on_learned.append(resized)
     yield
+    sizes.on_learned.remove(resized)
     sets.on_change.remove(changed)

@@ -41,12 +41,17 @@ class ModelSizes:
         self.sizes: dict[str, int] = {}
         self._failed_at: dict[str, float] = {}
         self._lookups: dict[str, asyncio.Future[int | None]] = {}
+        self.on_learned: list[Callable[[], None]] = []
+        """Called when a size is learned or changes: what fits where may have changed."""
 
     def known(self, model: str) -> int | None:
         return self.sizes.get(model)
 
     def note(self, model: str, size: int) -> None:
-        self.sizes[model] = size
+        if self.sizes.get(model) != size:
+            self.sizes[model] = size
+            for fn in self.on_learned:
+                fn()
 
     def settled(self, model: str) -> bool:
         """Whether ``lookup`` would answer at once (size known, or asked too recently)."""
@@ -73,7 +78,7 @@ class ModelSizes:
             log.info("size of %s unknown, not checked against GPU memory: %s", model, e)
             self._failed_at[model] = time.monotonic()
             return None
-        self.sizes[model] = size
+        self.note(model, size)
         return size
 
 
