@@ -25,12 +25,11 @@ from fleetd.coordinator import loops
 from fleetd.coordinator.distribution import DISTRIBUTION
 from fleetd.coordinator.gate import STOPPING, Gate, stopping
 from fleetd.coordinator.inventory import INVENTORY
-from fleetd.coordinator.keys import CALLER
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.pools import Pools
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.coordinator.settings import SETTINGS
-from fleetd.coordinator.usage import SERVED_BY
+from fleetd.coordinator.usage import Meter
 from fleetd.core import proxy
 from fleetd.core.balancing import Balancer
 from fleetd.core.errors import ApiError
@@ -67,11 +66,22 @@ def out_of_descriptors(e: BaseException) -> bool:
 class Gateway:
     """Forwards requests to the agents that ``pools`` and ``gate`` hand out."""
 
-    def __init__(self, pools: Pools, gate: Gate, registry: Registry, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        pools: Pools,
+        gate: Gate,
+        registry: Registry,
+        metrics: Metrics,
+        session: aiohttp.ClientSession,
+        self_id: str,
+    ) -> None:
         self.pools = pools
         self.gate = gate
         self.registry = registry
         self.metrics = metrics
+        self.session = session
+        self.self_id = self_id
+        """This coordinator's instance id, which every forwarded request carries."""
         self._requests: dict[tuple[str, str], Counter] = {}
         self._latency: dict[str, Histogram] = {}
         self._flights: dict[str, set[proxy.Flight]] = {}
@@ -176,27 +186,27 @@ class Gateway:
             h = self._latency[path] = self.metrics.inference_latency.labels(path)
         h.observe(seconds)
 
-    async def forward(self, request: web.Request, body: bytes, model: str) -> web.StreamResponse:
-        """Send the request to a ready agent and relay its reply; one failover before the
-        first byte, onto another candidate, when the agent fails or answers 5xx. With no
-        other candidate the request waits in the gate for one (at most ``queue_timeout_s``)
-        before the failure is relayed."""
+    async def forward(
+        self, request: web.Request, body: bytes, model: str, meter: Meter
+    ) -> web.StreamResponse:
+        """Send the request to a ready agent and relay its reply (through ``meter``); one
+        failover before the first byte, onto another candidate, when the agent fails or
+        answers 5xx. With no other candidate the request waits in the gate for one (at most
+        ``queue_timeout_s``) before the failure is relayed."""
         path = request.path
         started = time.monotonic()
-        caller = request.get(CALLER)
-        key = caller.id if caller is not None else ""
+        key = meter.key.id
         try:
             agent_id = await self.gate.acquire(model, key)
         except ApiError as e:
             self._count(path, e.code)
             raise
         headers = proxy.request_headers(request.headers)
-        headers[loops.HEADER] = loops.forward_mark(request)
-        session = request.app[CLIENT]
+        headers[loops.HEADER] = loops.forward_mark(request, self.self_id)
         retried = False
         while True:
             try:
-                return await self._attempt(request, session, agent_id, body, headers, started)
+                return await self._attempt(request, agent_id, body, headers, started, meter)
             except _Retry as failure:
                 if self.stopping:
                     self._count(path, "shutting_down")
@@ -217,11 +227,11 @@ class Gateway:
     async def _attempt(
         self,
         request: web.Request,
-        session: aiohttp.ClientSession,
         agent_id: str,
         body: bytes,
         headers: CIMultiDict[str],
         started: float,
+        meter: Meter,
     ) -> web.StreamResponse:
         """One try on ``agent_id`` (whose in-flight count is already raised); ends it."""
         path = request.path
@@ -233,7 +243,7 @@ class Gateway:
             a = self.registry.agents[agent_id]
             what = f"agent {a.name} ({a.id})"
             try:
-                upstream = await session.request(
+                upstream = await self.session.request(
                     request.method,
                     a.url.rstrip("/") + request.path_qs,
                     data=body,
@@ -250,14 +260,14 @@ class Gateway:
                 proxy.uncancel(flight.task)
                 raise _Retry(f"{flight.why} before answering") from None
             flight.upstream = upstream
-            request[SERVED_BY] = agent_id
+            meter.agent = agent_id
             try:
                 if upstream.status >= 500:
                     reply = await _reply(upstream)
                     outcome = proxy.OK  # read whole: the connection can be reused
                     raise _Retry(f"{what} answered HTTP {upstream.status}", reply)
                 self._observe(path, time.monotonic() - started)
-                resp, outcome = await proxy.relay(request, upstream, what)
+                resp, outcome = await proxy.relay(request, upstream, what, meter=meter)
             finally:
                 if outcome == proxy.OK:
                     upstream.release()
@@ -299,7 +309,7 @@ GATEWAY = web.AppKey("gateway", Gateway)
 def gateway_ctx(
     balancer: Callable[[], Balancer],
 ) -> Callable[[web.Application], AsyncIterator[None]]:
-    """A cleanup_ctx entry, after the inventory's and the distribution's."""
+    """A cleanup_ctx entry, after the HTTP client's, the inventory's and the distribution's."""
 
     async def ctx(app: web.Application) -> AsyncIterator[None]:
         settings, registry, metrics, dist = (
@@ -318,7 +328,7 @@ def gateway_ctx(
             settings.max_requests_per_agent,
         )
         gate = Gate(pools, settings.queue_limit, settings.queue_timeout_s, metrics)
-        gateway = Gateway(pools, gate, registry, metrics)
+        gateway = Gateway(pools, gate, registry, metrics, app[CLIENT], app[loops.SELF_ID])
         registry.on_change.append(pools.agent_changed)
         registry.on_offline.append(gateway.agent_offline)
         registry.on_silent.append(gateway.agent_silent)

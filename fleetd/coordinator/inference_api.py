@@ -58,8 +58,8 @@ async def forward(request: web.Request) -> web.StreamResponse:
     gateway = request.app[GATEWAY]
     body = await request.read()
     model = gateway.model_of(body)
-    with request.app[ACCOUNTS].admit(request, key, model) as meter:
-        return meter.done(await gateway.forward(request, body, model))
+    with request.app[ACCOUNTS].admit(key, model) as meter:
+        return meter.done(await gateway.forward(request, body, model, meter))
 
 
 for _path in FORWARDED:

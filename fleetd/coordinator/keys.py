@@ -116,5 +116,3 @@ def new_key(
 
 
 KEYS = web.AppKey("keys", KeyRing)
-CALLER = web.RequestKey("caller", KeyRow)
-"""The key an inference request came with (``OPEN``, ``STATIC`` or a managed one)."""

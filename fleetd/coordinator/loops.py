@@ -46,15 +46,20 @@ def _chain(request: web.Request) -> list[str]:
     return [i.strip() for v in request.headers.getall(HEADER, ()) for i in v.split(",")]
 
 
-def forward_mark(request: web.Request) -> str:
-    """The header value of a request forwarded on behalf of ``request``: its chain plus us."""
-    return ", ".join([*_chain(request)[:MAX_HOPS], request.app[SELF_ID]])
+def forward_mark(request: web.Request, self_id: str) -> str:
+    """The header value of a request forwarded on behalf of ``request``: its chain plus us
+    (``self_id``), or just us for a client's request (the usual case, so not parsed)."""
+    if HEADER not in request.headers:
+        return self_id
+    return ", ".join([*_chain(request)[:MAX_HOPS], self_id])
 
 
 @web.middleware
 async def loop_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if HEADER not in request.headers:  # a client's request, not one a coordinator sent
+        return await handler(request)
     chain = _chain(request)
-    if chain and (request.app[SELF_ID] in chain or len(chain) > MAX_HOPS):
+    if request.app[SELF_ID] in chain or len(chain) > MAX_HOPS:
         log.warning(
             "refused %s %s from %s: it came back to this coordinator (an agent URL points "
             "at the coordinator itself?)",

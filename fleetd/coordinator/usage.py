@@ -7,7 +7,12 @@ and when the reply ends its token counts are read from the reply's last JSON obj
 writes the counts to the database in one batch, reads back every coordinator's totals for
 the limits, and reloads the keys (so a revocation elsewhere reaches this coordinator).
 ``on_end`` listeners (the charts' history) see each reply's counts, and the agent that
-answered it (``SERVED_BY``, set by the gateway), as it ends.
+answered it (``Meter.agent``, set by the gateway), as it ends.
+
+The meter is handed to the gateway and the relay as an argument, never stored on the request:
+a request that refers to its meter while the meter refers back forms a cycle, which keeps
+the whole request (headers, parser, writer) alive until the garbage collector's next pass,
+and those passes then cost more than the accounting itself.
 """
 
 from __future__ import annotations
@@ -22,14 +27,13 @@ from types import TracebackType
 import msgspec
 from aiohttp import web
 
-from fleetd.coordinator.keys import CALLER, KEYS, KeyRing
+from fleetd.coordinator.keys import KEYS, KeyRing
 from fleetd.coordinator.limits import Limiter
 from fleetd.coordinator.metrics import METRICS, Metrics
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import background
 from fleetd.core.errors import ApiError
 from fleetd.core.keystore import KeyRow, KeyWatch, UsageRow
-from fleetd.core.proxy import METER
 from fleetd.core.store import STORE, Store
 
 log = logging.getLogger("fleetd.usage")
@@ -39,9 +43,6 @@ SYNC_S = 2.0
 BUCKET_S = 60
 PRUNE_S = 3600.0
 """How often rows older than ``usage_retention_days`` are deleted (and once at start)."""
-
-SERVED_BY = web.RequestKey("served_by", str)
-"""Set by the gateway on an inference request: the agent that answered it."""
 
 EndListener = Callable[[str, int, int, bool], None]
 """(agent id or "", prompt tokens, completion tokens, failed), as each reply ends."""
@@ -83,17 +84,19 @@ class Meter:
         "_body",
         "_events",
         "_failed",
-        "_key",
         "_model",
-        "_request",
         "_sep",
         "_tail",
+        "agent",
+        "key",
     )
 
-    def __init__(self, accounts: Accounts, request: web.Request, key: KeyRow, model: str) -> None:
+    def __init__(self, accounts: Accounts, key: KeyRow, model: str) -> None:
         self._accounts = accounts
-        self._request = request
-        self._key = key
+        self.key = key
+        """The caller's key (``OPEN``, ``STATIC`` or a managed one): the gate's turn is per key."""
+        self.agent = ""
+        """The agent that answered, set by the gateway ("" while none has)."""
         self._model = model
         self._body: bytes | None = None
         self._tail: deque[bytes] = deque(maxlen=3)
@@ -131,8 +134,7 @@ class Meter:
         if kind is not None and not issubclass(kind, asyncio.CancelledError):
             self._failed = True  # an ApiError answered, or a bug (500)
         prompt, completion = self._count()
-        agent = self._request.get(SERVED_BY, "")
-        self._accounts.end(self._key, self._model, prompt, completion, self._failed, agent)
+        self._accounts.end(self.key, self._model, prompt, completion, self._failed, self.agent)
 
     def _count(self) -> tuple[int, int]:
         if self._body is not None:
@@ -232,7 +234,7 @@ class Accounts:
             row = self.pending[k] = [0, 0, 0, 0]
         return row
 
-    def admit(self, request: web.Request, key: KeyRow, model: str) -> Meter:
+    def admit(self, key: KeyRow, model: str) -> Meter:
         """Count a request of ``key`` for ``model`` (403/429 if refused); its ``Meter``."""
         now = time.time()
         try:
@@ -247,10 +249,7 @@ class Accounts:
         if key.hash:  # a managed key (not OPEN or STATIC)
             key.last_used_at = now
             self.last_used[key.id] = now
-        meter = Meter(self, request, key, model)
-        request[METER] = meter
-        request[CALLER] = key  # the gate's turn is per key
-        return meter
+        return Meter(self, key, model)
 
     def end(
         self,

@@ -137,26 +137,23 @@ class Meter(Protocol):
     def broken(self) -> None: ...
 
 
-METER = web.RequestKey("meter", Meter)
-"""Set on a request whose reply ``relay`` should show to a ``Meter``."""
-
-
 async def relay(
     request: web.Request,
     upstream: aiohttp.ClientResponse,
     what: str,
     extra_headers: Iterable[tuple[str, str]] = (),
+    meter: Meter | None = None,
 ) -> tuple[web.StreamResponse, str]:
     """Send ``upstream``'s status, headers and body to the client; ``what`` names the upstream
-    in error messages. Returns the response and how it went: ``OK``, ``BROKEN`` (the stream
-    broke and the client got an error event) or ``CLIENT_GONE``.
+    in error messages, and ``meter`` (if any) sees the reply's bytes. Returns the response and
+    how it went: ``OK``, ``BROKEN`` (the stream broke and the client got an error event) or
+    ``CLIENT_GONE``.
 
     A reply with a length is read whole and sent in one piece; one without (a stream) is
     written chunk by chunk as it arrives. Unless the outcome is ``OK`` the caller must close
     ``upstream``, so that a generation nobody reads stops.
     """
     headers = response_headers(upstream.headers, extra_headers)
-    meter = request.get(METER)
     if upstream.content_length is not None:
         try:
             body = await upstream.read()

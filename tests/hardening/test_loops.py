@@ -10,7 +10,10 @@ from urllib.parse import urlsplit
 
 import httpx
 import pytest
+from aiohttp.test_utils import make_mocked_request
+from multidict import CIMultiDict
 
+from fleetd.coordinator.loops import MAX_HOPS, forward_mark
 from tests.conftest import Fleet
 from tests.procs import AGENT_TOKEN, SIM_GPU
 
@@ -96,3 +99,14 @@ def test_listing_requests_never_loop_through_a_self_pointing_agent(
         r = c.get("/api/ps", headers={"X-Fleetd-Coordinator": r.headers["X-Fleetd-Coordinator"]})
         assert r.status_code == 508 and r.json()["code"] == "loop_detected"
     assert "Traceback" not in coord.log
+
+
+def test_a_forwarded_request_carries_the_chain_it_came_with_plus_this_coordinator() -> None:
+    def mark(*values: str) -> str:
+        headers = CIMultiDict(("X-Fleetd-Coordinator", v) for v in values)
+        return forward_mark(make_mocked_request("POST", "/api/chat", headers=headers), "me")
+
+    assert mark() == "me"  # a client's request
+    assert mark("c1") == "c1, me"
+    assert mark("c1, c2", "c3") == "c1, c2, c3, me"
+    assert mark(", ".join(f"c{i}" for i in range(20))).count(",") == MAX_HOPS
