@@ -21,10 +21,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import pstats
 import random
 import re
-import resource
 import statistics
 import sys
 import tempfile
@@ -38,6 +36,8 @@ from typing import Any
 import aiohttp
 import msgspec
 
+from bench.agents_report import Result, print_profile, report, report_bursts
+from bench.proc_stats import own_cpu_s, thread_cpu_s, tree_cpu_s, tree_rss_mb
 from bench.procs import Proc, spawn
 from fleetd.core.server import run
 
@@ -49,7 +49,6 @@ HEARTBEAT_TIMEOUT_S = 20.0
 GPU_NAME = "NVIDIA H100 80GB HBM3"
 GPU_MEMORY = 85_899_345_920
 MODELS = ["gpt-oss:20b", "gpt-oss:120b", "gpt-oss-safeguard:20b", "qwen3-coder:30b"]
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 OFFLINE_RE = re.compile(r"offline: silent")
 REQUEST_TIMEOUT = aiohttp.ClientTimeout(total=30)
 
@@ -66,58 +65,6 @@ class _Status(msgspec.Struct):
 
 class _AgentList(msgspec.Struct):
     agents: list[_Status]
-
-
-# --- /proc -------------------------------------------------------------------------------
-
-
-def _stat(pid: int) -> tuple[int, float] | None:
-    """(parent pid, CPU seconds in user and kernel mode, all threads) of one process."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-            data = f.read()
-    except OSError:
-        return None
-    fields = data[data.rindex(")") + 2 :].split()
-    return int(fields[1]), (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def _tree(root: int) -> list[int]:
-    stats = {int(p): s for p in os.listdir("/proc") if p.isdigit() and (s := _stat(int(p)))}
-    pids, i = [root], 0
-    while i < len(pids):
-        pids.extend(p for p, (ppid, _) in stats.items() if ppid == pids[i])
-        i += 1
-    return [p for p in pids if p in stats]
-
-
-def thread_cpu_s(pid: int) -> float:
-    """CPU seconds of the main thread of ``pid`` alone (its event loop, for an asyncio app)."""
-    with open(f"/proc/{pid}/task/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-
-
-def tree_cpu_s(root: int) -> float:
-    """CPU seconds spent so far by ``root`` and its live descendants."""
-    return sum(s[1] for p in _tree(root) if (s := _stat(p)))
-
-
-def tree_rss_mb(root: int) -> float:
-    """Resident memory (VmRSS) of ``root`` and its descendants, in MB."""
-    kb = 0
-    for pid in _tree(root):
-        try:
-            with open(f"/proc/{pid}/status", encoding="ascii") as f:
-                kb += next((int(line.split()[1]) for line in f if line.startswith("VmRSS:")), 0)
-        except OSError:
-            continue
-    return kb / 1024
-
-
-def own_cpu_s() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
 
 
 # --- targets -----------------------------------------------------------------------------
@@ -280,24 +227,6 @@ class Load:
 # --- one measurement ---------------------------------------------------------------------
 
 
-@dataclass
-class Result:
-    kind: str
-    n: int
-    cpu_pct: float
-    loop_cpu_pct: float
-    rss_mb: float
-    list_ms: float
-    offline: int | None
-    load_cpu_pct: float
-    hb_rate: float
-    max_lag: float
-    max_gap: float
-    register_s: float
-    sse_kb_s: float | None
-    """Bytes per second one open dashboard receives on ``/api/events`` (fleetd only)."""
-
-
 async def time_list(session: aiohttp.ClientSession, url: str, n: int) -> tuple[float, int]:
     """Median of five ``GET /api/agents`` (body fully read) and how many agents are offline."""
     times: list[float] = []
@@ -407,69 +336,13 @@ async def _drive_and_measure(
     )
 
 
-# --- the report --------------------------------------------------------------------------
-
-
-def _median(results: list[Result], kind: str, n: int, attr: str) -> float | None:
-    values = [getattr(r, attr) for r in results if r.kind == kind and r.n == n]
-    return statistics.median(values) if values else None
-
-
-def _fmt(v: float | None, spec: str = ".1f") -> str:
-    return "—" if v is None else format(v, spec)
-
-
-def report(results: list[Result], ns: list[int], interval: float) -> None:
-    def pair(n: int, attr: str, spec: str = ".1f") -> str:
-        fleetd, bare = _median(results, "fleetd", n, attr), _median(results, "bare", n, attr)
-        return f"{_fmt(fleetd, spec)} / {_fmt(bare, spec)}"
-
-    print(
-        "\n| agents | CPU ratio fleetd/bare (goal ≤ 1.5) | CPU % of a core, fleetd / bare "
-        "| of which event-loop thread | RSS MB (goal ≤ 150 at 5k) "
-        "| GET /api/agents ms (goal ≤ 200 at 5k) | misjudged offline (goal 0) "
-        "| registration s | load gen CPU % "
-        "| heartbeats/s (target) | max lag s | max gap s "
-        "| /api/events KB/s per dashboard (goal ≤ 150 at 5k) |"
-    )
-    print("|" + "---|" * 13)
-    for n in ns:
-        f = _median(results, "fleetd", n, "cpu_pct")
-        b = _median(results, "bare", n, "cpu_pct")
-        ratio = f / b if f is not None and b else None
-        offline = [r.offline for r in results if r.n == n and r.offline is not None]
-        lags = [r.max_lag for r in results if r.n == n]
-        gaps = [r.max_gap for r in results if r.n == n]
-        print(
-            f"| {n} | **{_fmt(ratio, '.2f')}×** | {pair(n, 'cpu_pct')} | {pair(n, 'loop_cpu_pct')} "
-            f"| {pair(n, 'rss_mb', '.0f')} | {pair(n, 'list_ms', '.0f')} "
-            f"| {max(offline) if offline else '—'} "
-            f"| {pair(n, 'register_s')} | {pair(n, 'load_cpu_pct', '.0f')} "
-            f"| {pair(n, 'hb_rate', '.0f')} ({n / interval:.0f}) "
-            f"| {_fmt(max(lags) if lags else None, '.2f')} "
-            f"| {_fmt(max(gaps) if gaps else None, '.1f')} "
-            f"| {_fmt(_median(results, 'fleetd', n, 'sse_kb_s'), '.0f')} |"
-        )
-    print(
-        "\nPairs read fleetd / bare (medians over rounds). CPU: the target's process tree, "
-        "from /proc, over the window. Misjudged offline: agents fleetd logged or listed as "
-        "offline although the load generator kept them heartbeating. Registration: all N "
-        "agents registering at once. Max lag: how far the load generator fell behind its "
-        "schedule; max gap: the longest silence of any simulated agent in the run (fleetd "
-        f"marks an agent offline after {HEARTBEAT_TIMEOUT_S:g} s)."
-    )
-
-
-def print_profile(path: Path) -> None:
-    print(f"\ncProfile of fleetd written to {path}; top functions by own time:")
-    pstats.Stats(str(path)).sort_stats("tottime").print_stats(25)
-
-
 async def main_async(args: argparse.Namespace) -> int:
     ns = [int(x) for x in args.agents.split(",")]
     kinds = [k for k in ("fleetd", "bare") if k in args.targets.split(",")]
     results: list[Result] = []
     profiles: list[Path] = []
+    load = os.getloadavg()
+    print(f"load average at the start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     for rnd in range(args.rounds):
         for n in ns:
             for kind in kinds if rnd % 2 == 0 else kinds[::-1]:
@@ -478,9 +351,10 @@ async def main_async(args: argparse.Namespace) -> int:
                     profile = args.profile / f"fleetd-{n}-{rnd}.prof"
                 print(f"round {rnd + 1}/{args.rounds}: {kind} with {n} agents …", flush=True)
                 r = await measure(kind, n, args, profile)
+                r.rnd = rnd
                 results.append(r)
                 print(
-                    f"  registered in {r.register_s:.1f} s; CPU {r.cpu_pct:.1f} % "
+                    f"  registered in {r.register_s:.2f} s; CPU {r.cpu_pct:.1f} % "
                     f"({r.loop_cpu_pct:.1f} % in the event-loop thread), "
                     f"RSS {r.rss_mb:.0f} MB, list {r.list_ms:.0f} ms, "
                     f"{r.hb_rate:.0f} heartbeats/s, load gen CPU {r.load_cpu_pct:.0f} %"
@@ -489,7 +363,12 @@ async def main_async(args: argparse.Namespace) -> int:
                 )
                 if profile is not None:
                     profiles.append(profile)
-    report(results, ns, args.interval)
+            burst = {r.kind: r.register_s for r in results if r.n == n and r.rnd == rnd}
+            if len(burst) == 2:
+                ratio = burst["fleetd"] / burst["bare"]
+                print(f"  registration burst, fleetd / bare: {ratio:.2f}×", flush=True)
+    report(results, ns, args.interval, HEARTBEAT_TIMEOUT_S)
+    report_bursts(results, ns)
     for p in profiles:
         print_profile(p)
     return 0

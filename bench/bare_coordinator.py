@@ -22,7 +22,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from fleetd.core.server import run
+from fleetd.core.server import raise_open_files_limit, run
 
 AGENTS = web.AppKey("agents", dict)
 """agent id -> the agent as the latest registration and heartbeat described it."""
@@ -100,6 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--listen", default="127.0.0.1:0", metavar="HOST:PORT")
     args = parser.parse_args()
+    raise_open_files_limit()  # as fleetd does: a client per agent holds a socket each
     sys.exit(run(serve(args.listen)))  # uvloop when installed, as fleetd runs
 
 

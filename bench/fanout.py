@@ -40,7 +40,7 @@ import aiohttp
 import msgspec
 from aiohttp import web
 
-from bench.agents import tree_cpu_s
+from bench.proc_stats import tree_cpu_s
 from bench.procs import Proc, spawn
 from fleetd.core.server import run
 from fleetd.core.wire import Order, ProgressReport, TaskUpdate

@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.agents import tree_cpu_s, tree_rss_mb
+from bench.proc_stats import tree_cpu_s, tree_rss_mb
 from bench.procs import Proc, spawn
 
 MODEL = ("library/gpt-oss", "20b")

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from bench.agents import tree_rss_mb
+from bench.proc_stats import tree_rss_mb
 from bench.procs import spawn
 
 ADMIN_TOKEN = "bench-admin-token"

@@ -6,6 +6,7 @@ errors become one line and exit 1; nothing here knows more than how to start a r
 
 from __future__ import annotations
 
+import gc
 import logging
 import sys
 from typing import Any
@@ -25,7 +26,22 @@ async def run_coordinator(config: Config) -> int:
 
     app = await build_app(config)
     c = config.coordinator
-    return await serve(app, c.listen, "coordinator", keepalive_timeout_s=c.keepalive_timeout_s)
+
+    async def started(url: str) -> None:
+        # What start-up built (modules, classes, the app, the agents and tasks the store
+        # held) lives as long as the process: out of the collector's sight, each full
+        # collection scans only what came after. A fleet registering at once triggers a few,
+        # and each scanned some 50,000 start-up objects.
+        gc.collect()
+        gc.freeze()
+
+    return await serve(
+        app,
+        c.listen,
+        "coordinator",
+        on_started=started,
+        keepalive_timeout_s=c.keepalive_timeout_s,
+    )
 
 
 async def run_agent(config: Config) -> int:

@@ -77,6 +77,8 @@ class CoordinatorConfig(_Section):
     history_interval_s: int = 10
     """One sample of the charts' history per interval; 360 are kept (an hour at 10 s)."""
     history_max_agents: int = 1000
+    usage_retention_days: float = 400.0
+    """Usage rows older than this are deleted (hourly); 0 keeps them forever."""
 
 
 class OllamaServer(_Section):
@@ -220,6 +222,7 @@ def validate(cfg: Config) -> Config:
             f"coordinator.history_max_agents: expected an integer >= 0, got {c.history_max_agents}"
         )
     _positive("coordinator.keepalive_timeout_s", c.keepalive_timeout_s)
+    _positive("coordinator.usage_retention_days", c.usage_retention_days, strict=False)
     _positive("agent.keepalive_timeout_s", a.keepalive_timeout_s)
     if c.queue_limit < 0:
         raise ConfigError(f"coordinator.queue_limit: expected an integer >= 0, got {c.queue_limit}")

@@ -3,7 +3,10 @@
 Rows are copied as they are (both stores hold the same msgpack bytes), all tables in one
 transaction: the target ends up with exactly the source's rows or, on any error, unchanged.
 A target that already holds fleetd rows is refused unless ``--force``, which replaces them,
-so running the command again gives the same result.
+so running the command again gives the same result. The ``admin_token`` and ``agent_token``
+files beside the database go into the same transaction, as the tokens every coordinator of
+the target accepts (coordinator/token_sync.py); ``--force`` leaves a stored token the source
+has no file for.
 """
 
 from __future__ import annotations
@@ -20,7 +23,9 @@ import msgspec
 from fleetd.config import ConfigError, check_database_url, redact_url
 from fleetd.core.errors import StartupError
 from fleetd.core.keystore import KEY_COLUMNS, USAGE_COLUMNS
+from fleetd.core.pgtokens import NAMES, write_secret
 from fleetd.core.store import SqliteStore
+from fleetd.core.tokens import read_token
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "agents": ("id", "url", "instance_id", "data"),
@@ -49,8 +54,21 @@ def _read_sqlite(db: Path) -> dict[str, list[tuple[Any, ...]]]:
         conn.close()
 
 
+def _read_tokens(data_dir: Path) -> dict[str, str]:
+    out = {}
+    for name in NAMES:
+        try:
+            token = read_token(data_dir / name)
+        except OSError as e:
+            raise click.ClickException(f"cannot read {data_dir / name}: {e.strerror}") from None
+        if token:
+            out[name] = token
+    return out
+
+
 async def migrate_sqlite(db: Path, url: str, force: bool) -> dict[str, int]:
-    """Copy the SQLite database ``db`` into ``url``; the rows copied per table."""
+    """Copy the SQLite database ``db`` and the token files beside it into ``url``; the rows
+    copied per table, and the tokens."""
     # The source's schema is brought to this fleetd's first, as a coordinator start would.
     sqlite = SqliteStore(db)
     try:
@@ -59,6 +77,7 @@ async def migrate_sqlite(db: Path, url: str, force: bool) -> dict[str, int]:
         raise click.ClickException(f"--from {str(db)!r}: cannot open database: {e}") from None
     await sqlite.close()
     rows = await asyncio.to_thread(_read_sqlite, db)
+    tokens = await asyncio.to_thread(_read_tokens, db.parent)
 
     from fleetd.core.pgstore import open_pg_store
 
@@ -66,6 +85,7 @@ async def migrate_sqlite(db: Path, url: str, force: bool) -> dict[str, int]:
     try:
         async with store.pool.acquire() as conn, conn.transaction():
             present = {t: await conn.fetchval(f"SELECT count(*) FROM {t}") for t in COLUMNS}
+            present["tokens"] = await conn.fetchval("SELECT count(*) FROM fleetd_secrets")
             if any(present.values()):
                 if not force:
                     held = ", ".join(f"{t} {n}" for t, n in present.items() if n)
@@ -77,9 +97,11 @@ async def migrate_sqlite(db: Path, url: str, force: bool) -> dict[str, int]:
             for table, cols in COLUMNS.items():
                 if rows[table]:
                     await conn.copy_records_to_table(table, records=rows[table], columns=cols)
+            for name, token in tokens.items():
+                await write_secret(conn, name, token)
     finally:
         await store.close()
-    return {t: len(r) for t, r in rows.items()}
+    return {**{t: len(r) for t, r in rows.items()}, "tokens": len(tokens)}
 
 
 @click.group()
@@ -98,7 +120,8 @@ def db() -> None:
 @click.option("--to", "url", required=True, metavar="URL", help="postgresql://user@host/dbname")
 @click.option("--force", is_flag=True, help="Replace the fleetd data the target already holds.")
 def migrate_sqlite_command(source: Path, url: str, force: bool) -> None:
-    """Copy a SQLite database (agents, tasks, installed models, catalog cache) into PostgreSQL.
+    """Copy a SQLite database (agents, tasks, installed models, catalog cache) and the
+    admin_token and agent_token files beside it into PostgreSQL.
 
     Stop the coordinator first; then start it with database_url set to the same URL.
     """

@@ -81,17 +81,25 @@ def _check_url(url: str) -> None:
 @routes.post("/api/agents")
 async def register_agent(request: web.Request) -> web.Response:
     require_agent(request)
+    body = await request.read()
     try:
-        gpus = msgspec.json.decode(await request.read(), type=_GpusOnly).gpus
+        reg: Registration | None = msgspec.json.decode(body, type=Registration)
     except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        gpus = ...  # not even an object: read_json names the problem below
-    if gpus is None or gpus == []:
-        # Decided before anything else about the agent is looked at: a host without GPU
-        # learns that first, whatever else is wrong with it (docs/api.md, registration).
-        raise ApiError(
-            403, "gpu_required", "the agent reported no GPU; fleetd agents need at least one GPU"
-        )
-    reg = await read_json(request, Registration)
+        reg = None  # one decode in the usual case; the slow path below says what is wrong
+    if reg is None or not reg.gpus:
+        try:
+            gpus = msgspec.json.decode(body, type=_GpusOnly).gpus
+        except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+            gpus = ...  # not even an object: read_json names the problem below
+        if gpus is None or gpus == []:
+            # Decided before anything else about the agent is looked at: a host without GPU
+            # learns that first, whatever else is wrong with it (docs/api.md, registration).
+            raise ApiError(
+                403,
+                "gpu_required",
+                "the agent reported no GPU; fleetd agents need at least one GPU",
+            )
+        reg = await read_json(request, Registration)
     _check_name(reg.name)
     _check_url(reg.url)
     await refuse_self(request, reg.url)

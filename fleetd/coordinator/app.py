@@ -35,6 +35,7 @@ from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.model_sets import model_sets_ctx
 from fleetd.coordinator.registry import run_registry
 from fleetd.coordinator.settings import SETTINGS
+from fleetd.coordinator.token_sync import tokens_ctx
 from fleetd.coordinator.usage import accounts_ctx
 from fleetd.coordinator.vram import sizes_ctx
 from fleetd.core import tokens
@@ -87,25 +88,20 @@ def store_ctx(c: CoordinatorConfig, data_dir: Path) -> CleanupCtx:
 async def build_app(config: Config) -> web.Application:
     """Checks first, then lays out the resources; nothing is opened here.
 
-    Plugins are loaded (so validated) before anything is written, so a misspelt name leaves
-    no trace; then ``data_dir`` and the tokens. Every resource opens in ``cleanup_ctx``, in
-    dependency order — store → event bus → HTTP client → throttle → registry → inventory →
-    distribution → gateway → catalog → usage accounts → history → mirror → cluster — and
+    Plugins are loaded (so validated) and tokens given equal refused before anything is
+    written, so a misspelt name leaves no trace; then ``data_dir``. Every resource opens in
+    ``cleanup_ctx``, in dependency order — store → tokens (files, or the database's with
+    PostgreSQL) → event bus → HTTP client → throttle → registry → inventory → distribution →
+    gateway → catalog → usage accounts → history → mirror → cluster — and
     closes in reverse; when one fails to open, those before it close again
     (``core/server.serve`` cleans up a failed start) and the error is one line.
     """
     c = config.coordinator
     balancer = load_plugin("fleetd.balancer", c.balancer, "coordinator.balancer")
     catalog = load_plugin("fleetd.catalog", c.catalog, "coordinator.catalog")
+    tokens.refuse_same(config.secrets.admin_token, config.secrets.agent_token)
     data_dir = expand(c.data_dir)
     await asyncio.to_thread(_prepare_data_dir, data_dir)
-    admin = await asyncio.to_thread(
-        tokens.load_or_create, data_dir, "admin_token", config.secrets.admin_token, "admin token"
-    )
-    agent = await asyncio.to_thread(
-        tokens.load_or_create, data_dir, "agent_token", config.secrets.agent_token, "agent token"
-    )
-    tokens.check_tokens(admin, agent, config.secrets.api_keys)
     app = web.Application(
         middlewares=[metrics_middleware, error_middleware, loops.loop_guard],
         client_max_size=MAX_BODY_BYTES,
@@ -115,7 +111,7 @@ async def build_app(config: Config) -> web.Application:
     app[SETTINGS] = c
     app[loops.SELF_ID] = self_id = loops.new_instance_id()
     app.on_response_prepare.append(loops.stamp)
-    app[TOKENS] = Tokens(admin=admin, agent=agent, api_keys=config.secrets.api_keys)
+    app[TOKENS] = Tokens(admin="", agent="", api_keys=config.secrets.api_keys)  # tokens_ctx
     app[THROTTLE] = Throttle()
     app[METRICS] = Metrics()
     app[dashboard.ASSETS] = await dashboard.load_assets()
@@ -127,6 +123,7 @@ async def build_app(config: Config) -> web.Application:
     app.cleanup_ctx.extend(
         [
             store_ctx(c, data_dir),
+            tokens_ctx(config.secrets, data_dir),
             model_sets_ctx(c),
             events_ctx,
             client_ctx(headers={loops.HEADER: self_id}),

@@ -15,7 +15,10 @@ from fleetd.core.http import check_token, require_token, same_secret
 from fleetd.core.keystore import KeyRow
 
 
-class Tokens(msgspec.Struct, frozen=True):
+class Tokens(msgspec.Struct):
+    """Read at each request: the admin and agent tokens are filled in at start and, with
+    PostgreSQL, replaced when another coordinator changes them (coordinator/token_sync.py)."""
+
     admin: str
     agent: str
     api_keys: tuple[str, ...] = ()

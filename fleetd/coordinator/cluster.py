@@ -6,8 +6,10 @@ Each coordinator keeps the fleet in memory as before; this module keeps those me
   ``NOTIFY fleetd_changes`` in its own transaction (core/pgstore.py), so others hear of it
   once committed. Here one dedicated connection LISTENs, reads the rows named and applies
   them where newer by ``revision`` (registry/distribution ``apply_remote``), which publishes
-  them on this coordinator's ``/api/events``. A lost connection means news may have been
-  missed: on reconnecting, everything is read again (same rule: newer wins).
+  them on this coordinator's ``/api/events``. An agent whose row is gone was removed: it
+  leaves memory here too. Key-value entries that others follow (the supported list) are read
+  again by their owner (``on_kv``). A lost connection means news may have been missed: on
+  reconnecting, everything is read again (same rule: newer wins).
 - Contacts: agents heard from here are written, twice a second and in one statement, to
   ``fleetd_contact`` and announced; the others count that as contact, so no agent is judged
   offline because it talks to another coordinator.
@@ -26,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import asyncpg
@@ -36,6 +38,8 @@ from aiohttp import web
 from fleetd.coordinator.distribution import DISTRIBUTION, Distribution
 from fleetd.coordinator.gateway import GATEWAY
 from fleetd.coordinator.inventory import INVENTORY, Inventory
+from fleetd.coordinator.model_sets import KV_KEY as SUPPORTED_KEY
+from fleetd.coordinator.model_sets import MODEL_SETS
 from fleetd.coordinator.registry import REGISTRY, Registry
 from fleetd.core.background import background
 from fleetd.core.pg_conn import CONNECT_TIMEOUT_S, describe
@@ -65,6 +69,8 @@ class Cluster:
         self._news: asyncio.Queue[Change] = asyncio.Queue()
         self._dec = msgspec.json.Decoder(Change)
         self._lost = asyncio.Event()
+        self.on_kv: dict[str, Callable[[], Awaitable[None]]] = {}
+        """Key-value key -> what reads it again when another coordinator wrote it."""
 
     def attach(self) -> None:
         self.store.origin = self.origin
@@ -165,12 +171,18 @@ class Cluster:
 
     async def resync(self) -> None:
         """Read everything again (after a gap in the news); newer copies win."""
-        for a in await self.store.load_agents():
+        stored = await self.store.load_agents()
+        for a in stored:
             self.registry.apply_remote(a)
+        gone = self.registry.agents.keys() - {a.id for a in stored}
+        if gone:  # or registered since the read: asked again
+            await self._agents(list(gone))
         for t in await self.store.load_tasks():
             self.dist.apply_remote(t)
         for agent_id, models in (await self.store.load_installed()).items():
             self.inventory.taken(agent_id, models)
+        for reload in self.on_kv.values():
+            await reload()
 
     async def run_news(self) -> None:
         """Apply notices in batches: all that arrived while the last batch was read."""
@@ -178,7 +190,7 @@ class Cluster:
             batch = [await self._news.get()]
             while not self._news.empty():
                 batch.append(self._news.get_nowait())
-            ids: dict[str, dict[str, None]] = {"a": {}, "t": {}, "i": {}, "c": {}}
+            ids: dict[str, dict[str, None]] = {"a": {}, "t": {}, "i": {}, "c": {}, "k": {}}
             for change in batch:
                 ids.setdefault(change.k, {}).update(dict.fromkeys(change.ids))
             try:
@@ -192,14 +204,26 @@ class Cluster:
         if ids["c"]:
             self.registry.heard_elsewhere(list(ids["c"]))
         if ids["a"]:
-            for a in await self.store.agents_by_id(list(ids["a"])):
-                self.registry.apply_remote(a)
+            await self._agents(list(ids["a"]))
         if ids["t"]:
             for t in await self.store.tasks_by_id(list(ids["t"])):
                 self.dist.apply_remote(t)
         if ids["i"]:
             for agent_id, models in (await self.store.installed_of(list(ids["i"]))).items():
                 self.inventory.taken(agent_id, models)
+        for key in ids["k"]:
+            if (reload := self.on_kv.get(key)) is not None:
+                await reload()
+
+    async def _agents(self, ids: list[str]) -> None:
+        """Read these agents again; those no longer in the database were removed."""
+        stored = await self.store.agents_by_id(ids)
+        for a in stored:
+            self.registry.apply_remote(a)
+        for agent_id in set(ids) - {a.id for a in stored}:
+            if (gone := self.registry.get(agent_id)) is not None:
+                await self.registry.forget(gone, elsewhere=True)
+                self.inventory.forget(agent_id)
 
     async def run_contacts(self) -> None:
         """Write who was heard from here, at most once per flush per agent."""
@@ -225,6 +249,7 @@ async def cluster_ctx(app: web.Application) -> AsyncIterator[None]:
         return
     cluster = Cluster(store, app[REGISTRY], app[DISTRIBUTION], app[INVENTORY])
     cluster.attach()
+    cluster.on_kv[SUPPORTED_KEY] = app[MODEL_SETS].reload
     app[REGISTRY].on_offline_elsewhere.append(app[GATEWAY].agent_offline)
     async with (
         background(cluster.run_news(), "cluster-news"),

@@ -58,7 +58,7 @@ class Distribution:
         inventory: Inventory,
         supported: list[str],
         session: aiohttp.ClientSession,
-        agent_token: str,
+        agent_token: Callable[[], str],
         wanted: Callable[[Agent], Awaitable[list[str]]] | None = None,
     ) -> None:
         self.events = events
@@ -202,8 +202,9 @@ class Distribution:
     def apply_remote(self, copy: Task) -> None:
         """Another coordinator's copy of a task, read from the database: taken when newer
         than ours, and published here. The leader makes sure a queued task's order arrives
-        (its creator may die before delivering it; orders are idempotent). The inventory
-        hears of a completion from the other coordinator's own write."""
+        (its creator may die before delivering it; orders are idempotent); a coordinator that
+        becomes the leader later does the same for every queued task (``take_over``). The
+        inventory hears of a completion from the other coordinator's own write."""
         observe_revision(copy.revision)
         t = self.tasks.get(copy.id)
         if t is not None and t.revision >= copy.revision:
@@ -214,7 +215,7 @@ class Distribution:
             for field in copy.__struct_fields__:
                 setattr(t, field, getattr(copy, field))
         self.tasks.taken(t)
-        if t.status == "queued":
+        if t.status == "queued" and self.leading:
             self.orders.expect(t)
         elif t.status in TERMINAL or t.status == "downloading":
             self.orders.forget(t.id)
@@ -309,7 +310,7 @@ DISTRIBUTION = web.AppKey("distribution", Distribution)
 async def run_distribution(app: web.Application) -> AsyncIterator[None]:
     """Registered after the entries of the registry (it needs the agents loaded), the
     inventory and the client."""
-    sets, sizes = app[MODEL_SETS], app[MODEL_SIZES]
+    sets, sizes, tokens = app[MODEL_SETS], app[MODEL_SIZES], app[TOKENS]
 
     async def wanted(agent: Agent) -> list[str]:
         return await fitting_now(agent, sets.for_agent(agent), sizes)
@@ -321,7 +322,7 @@ async def run_distribution(app: web.Application) -> AsyncIterator[None]:
         app[INVENTORY],
         sets.everything(),
         app[CLIENT],
-        app[TOKENS].agent,
+        lambda: tokens.agent,
         wanted,
     )
     app[DISTRIBUTION] = dist

@@ -147,12 +147,18 @@ async def follow_model_sets(app: web.Application) -> AsyncIterator[None]:
         catalog.supported_repos = {repo_name(m) for m in sets.supported}
         app[DISTRIBUTION].supported = sets.everything()
 
-    def changed() -> None:
+    def changed(local: bool) -> None:
         apply()
-        app[DISTRIBUTION].resync()
+        if local:  # a change made through another coordinator is ordered by that one
+            app[DISTRIBUTION].resync()
         app[EVENTS].publish("supported", {"models": sets.supported})
+
+    def resized() -> None:
+        pools.set_supported(sets.everything(), registry.agents.values())
 
     apply()  # the stored list may differ from the config's the others started with
     sets.on_change.append(changed)
+    sizes.on_learned.append(resized)
     yield
+    sizes.on_learned.remove(resized)
     sets.on_change.remove(changed)

@@ -7,9 +7,10 @@ the distribution, the matrix, the catalog's fleet fallback, ``/api/pull``) ask t
 methods, and whoever must follow changes adds an ``on_change`` listener.
 
 Each agent's list is kept as last reported, with the time it was read (``as_of``), so it can
-be shown when the agent is slow or gone. Lists are written to the store in batches every half
-second and on close, as tasks are, so a report never waits for the database (registrations
-of a whole fleet at once would); an agent repeats its list whenever it registers again.
+be shown when the agent is slow or gone. Lists are written to the store every half second and
+on close, all that changed in one write, as tasks are, so a report never waits for the
+database (registrations of a whole fleet at once would); an agent repeats its list whenever
+it registers again.
 """
 
 from __future__ import annotations
@@ -169,16 +170,16 @@ class Inventory:
     # -- persistence ---------------------------------------------------------------------
 
     async def flush(self) -> None:
+        """Every list and date that changed since the last flush, in one store write (a
+        fleet registering at once is thousands of lists, not thousands of writes)."""
         dirty, self._dirty = self._dirty, set()
         dated, self._dirty_as_of = self._dirty_as_of, set()
+        if not dirty and not dated:
+            return
+        lists = {agent_id: list(self.models(agent_id).values()) for agent_id in dirty}
+        as_of = {a: self._as_of[a] for a in dated if a in self._as_of}
         try:
-            for agent_id in list(dirty):
-                await self.store.replace_installed(agent_id, list(self.models(agent_id).values()))
-                dirty.discard(agent_id)
-            for agent_id in list(dated):
-                if (as_of := self._as_of.get(agent_id)) is not None:
-                    await self.store.save_installed_as_of(agent_id, as_of)
-                dated.discard(agent_id)
+            await self.store.save_installed(lists, as_of)
         except BaseException:
             self._dirty |= dirty  # written by the next flush that works
             self._dirty_as_of |= dated

@@ -5,11 +5,13 @@ set instead.
 The config's ``supported_models`` seeds the store on the first start only; from then on
 ``PUT /api/supported-models`` decides, and the config's list is ignored (said in the log when
 they differ). Listeners (``on_change``) hear of every change: the distribution orders what
-agents lack, the gateway widens or narrows what it knows.
+agents lack, the gateway widens or narrows what it knows. With coordinators sharing a
+database, a change made through one is ``reload``ed by the others (coordinator/cluster.py).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 
@@ -49,17 +51,28 @@ class ModelSets:
         self.store = store
         self.supported: list[str] = list(seed)
         self.rules = rules
-        self.on_change: list[Callable[[], None]] = []
+        self.on_change: list[Callable[[bool], None]] = []
+        """Called on every change, with whether it was made here (False: through another
+        coordinator, which orders what the agents lack)."""
+        self._writing = asyncio.Lock()
+        """Held from reading or writing the stored list until it is taken: a reload never
+        takes a list older than this coordinator's own write."""
+
+    def _decode(self, raw: bytes) -> list[str] | None:
+        try:
+            return check_list(msgspec.json.decode(raw, type=list[str]))
+        except (msgspec.DecodeError, InvalidModelList) as e:
+            keep = ", ".join(self.supported) or "none"
+            log.error("stored supported list unreadable (%s); keeping %s", e, keep)
+            return None
 
     async def load(self) -> None:
         raw = await self.store.get_kv(KV_KEY)
         if raw is None:
             await self.store.set_kv(KV_KEY, msgspec.json.encode(self.supported))
             return
-        try:
-            stored = check_list(msgspec.json.decode(raw, type=list[str]))
-        except (msgspec.DecodeError, InvalidModelList) as e:
-            log.error("stored supported list unreadable (%s); using the config's", e)
+        stored = self._decode(raw)
+        if stored is None:
             return
         if stored != self.supported:
             log.info(
@@ -70,12 +83,25 @@ class ModelSets:
         self.supported = stored
 
     async def set_supported(self, models: list[str]) -> None:
-        await self.store.set_kv(KV_KEY, msgspec.json.encode(models))
+        async with self._writing:
+            await self.store.set_kv(KV_KEY, msgspec.json.encode(models))
+            self._take(models, local=True)
+
+    async def reload(self) -> None:
+        """Another coordinator sharing the database may have changed the list: take it."""
+        async with self._writing:
+            raw = await self.store.get_kv(KV_KEY)
+            stored = None if raw is None else self._decode(raw)
+            if stored is not None and stored != self.supported:
+                self._take(stored, local=False)
+
+    def _take(self, models: list[str], *, local: bool) -> None:
         self.supported = models
-        log.info("supported models now: %s", ", ".join(models) or "none")
+        how = "" if local else " (changed through another coordinator)"
+        log.info("supported models now%s: %s", how, ", ".join(models) or "none")
         for fn in self.on_change:
             try:
-                fn()
+                fn(local)
             except Exception:
                 log.exception("listener %r failed on a supported-list change", fn)
 

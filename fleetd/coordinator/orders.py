@@ -69,13 +69,14 @@ class Orders:
         self,
         registry: Registry,
         session: aiohttp.ClientSession,
-        agent_token: str,
+        agent_token: Callable[[], str],
         accept: Accept,
         refuse: Refuse,
     ) -> None:
         self.registry = registry
         self.session = session
         self.agent_token = agent_token
+        """Read at each call: with PostgreSQL the token may change while running."""
         self.accept = accept
         self.refuse = refuse
         self.jobs = Jobs("orders")
@@ -211,7 +212,7 @@ class Orders:
         payload: msgspec.Struct | None,
         timeout: aiohttp.ClientTimeout,
     ) -> tuple[int, bytes]:
-        headers = {"Authorization": f"Bearer {self.agent_token}"}
+        headers = {"Authorization": f"Bearer {self.agent_token()}"}
         data = None
         if payload is not None:
             data = msgspec.json.encode(payload)

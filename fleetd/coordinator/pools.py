@@ -17,6 +17,7 @@ from functools import partial
 
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
+from fleetd.coordinator.vram import gpu_memory
 from fleetd.core.balancing import Balancer, Load
 from fleetd.core.wire import TERMINAL, Agent, Task
 
@@ -68,6 +69,11 @@ class Pools:
         """Called when an agent joins pools it was not in, or (under ``max_per_agent``) ends a
         request: the gate serves its waiters."""
         self._member: dict[str, list[Balancer]] = {}
+        self._inputs: dict[str, tuple[object, ...]] = {}
+        """Agent id -> what its pools were last worked out from (see ``agent_changed``)."""
+        self.epoch = 0
+        """Bumped by every change of what agents serve that a heartbeat does not carry: the
+        supported list, placement, model sizes, installs, downloads."""
         self._serving: dict[str, frozenset[str]] = {}
         """Agent id -> the models whose pools it is in."""
         self._extra: dict[str, frozenset[str]] = {}
@@ -157,7 +163,29 @@ class Pools:
     # -- listeners -------------------------------------------------------------------------
 
     def agent_changed(self, a: Agent) -> None:
-        """Registry listener: a heartbeat, registration or status change of ``a``."""
+        """Registry listener: a heartbeat, registration or status change of ``a``.
+
+        Most heartbeats change only figures: an agent still in its pools, whose models,
+        readiness, GPUs and labels are as they were, only has its load updated (working out
+        what it serves is most of a heartbeat's cost at thousands of agents)."""
+        inputs = (
+            a.status,
+            a.initializing,
+            a.draining,
+            a.ready_models >= a.total_models,
+            tuple(a.loaded_models),
+            gpu_memory(a),
+            a.margin_bytes,
+            id(a.labels),
+            self.epoch,
+        )
+        member = self._member.get(a.id)
+        if member is not None and self._inputs.get(a.id) == inputs:
+            load = _load(a, self.in_flight.get(a.id, 0))
+            for pool in member:
+                pool.update(a.id, load)
+            return
+        self._inputs[a.id] = inputs
         if a.id not in self._gauged:
             # Read at scrape time, so that requests do not pay for the gauge.
             self._gauged.add(a.id)
@@ -171,6 +199,7 @@ class Pools:
     def installed_changed(self, agent_id: str) -> None:
         """Inventory listener: ``agent_id`` serves what it installed at once, not from its
         next heartbeat on (and a suspect stays suspect: this is no heartbeat)."""
+        self.epoch += 1
         a = self.agents.get(agent_id)
         if a is not None:
             self._set_extra(a.id, self._models(a))
@@ -197,6 +226,7 @@ class Pools:
             self._fetching.setdefault(t.agent_id, set()).add(t.model)
         else:
             return
+        self.epoch += 1
         a = self.agents.get(t.agent_id)
         if a is not None:
             self._place(a)  # the model leaves (or rejoins) that agent's pools at once
@@ -219,6 +249,7 @@ class Pools:
     def set_supported(self, models: Iterable[str], agents: Iterable[Agent]) -> None:
         """The supported list or placement changed: every agent's pools follow."""
         self.supported = frozenset(models)
+        self.epoch += 1
         for a in list(agents):
             self._set_extra(a.id, self._models(a))
             self._place(a)

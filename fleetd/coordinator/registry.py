@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
 
+from fleetd.coordinator.agent_rows import AgentRows
 from fleetd.coordinator.liveness import Liveness
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import Jobs, background
@@ -40,7 +41,6 @@ class Registry:
         self.agents: dict[str, Agent] = {}
         self._by_url: dict[str, str] = {}
         self._by_instance: dict[str, str] = {}
-        self._dirty: set[str] = set()
         self.on_online: list[Listener] = []
         """Called when an agent registers or comes back from offline."""
         self.on_offline: list[Listener] = []
@@ -55,11 +55,7 @@ class Registry:
         timeout; its next contact is an ``on_change``)."""
         self.heartbeats = 0
         self.jobs = Jobs("registry")
-        self._batch: dict[str, Agent] = {}
-        """Registered agents waiting for the write under way to end, to go in the next one."""
-        self._written: asyncio.Future[None] | None = None
-        """Settled when the write that takes ``_batch`` is done."""
-        self._writing = False
+        self.rows = AgentRows(store, self.jobs)
         # Set by the cluster (cluster.py) when coordinators share a database:
         self.arbiter: Callable[[Agent], Awaitable[Agent]] | None = None
         """Given a new agent, the one the database already holds for its instance (or URL),
@@ -101,7 +97,7 @@ class Registry:
     def _changed(self, a: Agent, persist: bool) -> None:
         a.revision = next_revision()
         if persist:
-            self._dirty.add(a.id)
+            self.rows.dirty.add(a.id)
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
 
@@ -110,8 +106,8 @@ class Registry:
 
         A fresh or returning agent is ``initializing`` with ``total_models`` to go until its
         first heartbeat says otherwise. It is written before the answer (503 when the store
-        cannot), in one write shared by every registration that arrives meanwhile: when a
-        whole fleet registers at once, each does not wait for a write of its own.
+        cannot), in one write shared by every registration that arrives meanwhile, which logs
+        it (agent_rows.py).
         """
         agent_id = (reg.instance_id and self._by_instance.get(reg.instance_id)) or self._by_url.get(
             reg.url
@@ -147,40 +143,10 @@ class Registry:
         self._index(a)
         self._contact(a.id)
         a.revision = next_revision()  # the copy other coordinators read is the newer one
-        await self._save(a)
-        log.info("agent %s (%s) registered at %s with %d GPU(s)", a.name, a.id, a.url, len(a.gpus))
+        await self.rows.registered(a)
         self._changed(a, persist=False)
         self._notify(self.on_online, a)
         return a
-
-    async def _save(self, a: Agent) -> None:
-        self._batch[a.id] = a
-        if self._written is None:
-            self._written = asyncio.get_running_loop().create_future()
-            if not self._writing:
-                self._writing = True
-                self.jobs.spawn(self._write_batches(), name="registry-write")
-        # Shielded: a client that hangs up does not stop the write the others wait for.
-        await asyncio.shield(self._written)
-
-    async def _write_batches(self) -> None:
-        """One write at a time; the registrations that arrive meanwhile go in the next."""
-        try:
-            while self._written is not None:
-                done, batch = self._written, list(self._batch.values())
-                self._written, self._batch = None, {}
-                try:
-                    await self.store.save_agents(batch)
-                except Exception as e:
-                    # Known in memory already: the next working flush saves them.
-                    self._dirty.update(a.id for a in batch)
-                    done.set_exception(e)
-                    done.exception()  # retrieved: the registrations waiting answer with it
-                else:
-                    self._dirty.difference_update(a.id for a in batch)
-                    done.set_result(None)
-        finally:
-            self._writing = False
 
     @staticmethod
     def _new(reg: Registration) -> Agent:
@@ -225,10 +191,9 @@ class Registry:
             a.gpus = hb.gpus
         if hb.loaded_models is not None:
             a.loaded_models = hb.loaded_models
-        if came_back:
-            log.info("agent %s (%s) is back online", a.name, a.id)
         self._changed(a, persist)
         if came_back:
+            log.info("agent %s (%s) is back online", a.name, a.id)
             self._notify(self.on_online, a)
         return a
 
@@ -238,27 +203,28 @@ class Registry:
             return
         a.draining = draining
         log.info("agent %s (%s) %s", a.name, a.id, "draining" if draining else "undrained")
+        self._changed(a, persist=False)  # first: the copy others read must be the newer one
         await self.store.save_agents([a])
-        self._changed(a, persist=False)
 
-    async def forget(self, a: Agent) -> None:
-        """Remove ``a``: offline first (its requests and tasks are ended by the listeners),
-        then gone from memory and the store; if it comes back it registers anew."""
+    async def forget(self, a: Agent, *, elsewhere: bool = False) -> None:
+        """Remove ``a``: offline first (listeners end its requests and tasks), then from memory and
+        the store, or memory only if removed ``elsewhere`` (cluster.py); it may register anew."""
         if a.status == "online":
             a.status = "offline"
             self._changed(a, persist=False)
-            self._notify(self.on_offline, a)
+            self._notify(self.on_offline_elsewhere if elsewhere else self.on_offline, a)
         self.agents.pop(a.id, None)
         if self._by_url.get(a.url) == a.id:
             del self._by_url[a.url]
         if a.instance_id and self._by_instance.get(a.instance_id) == a.id:
             del self._by_instance[a.instance_id]
         self.liveness.drop(a.id)
-        self._dirty.discard(a.id)
-        await self.store.delete_agent(a.id)
-        log.info("agent %s (%s) removed", a.name, a.id)
+        self.rows.dirty.discard(a.id)
+        if not elsewhere:
+            await self.store.delete_agent(a.id)
+            self._notify(self.on_forget, a)
+        log.info("agent %s (%s) removed%s", a.name, a.id, " elsewhere" if elsewhere else "")
         self.events.publish("agent_removed", {"id": a.id})
-        self._notify(self.on_forget, a)
 
     def _contact(self, agent_id: str) -> None:
         if self.contacted is not None:
@@ -269,8 +235,7 @@ class Registry:
         self.liveness.heard(agent_id, self.agents[agent_id].heartbeat_interval_s)
 
     def touch(self, agent_id: str) -> None:
-        """Any authenticated contact from an online agent proves it is still alive (an
-        offline one comes back with its next heartbeat)."""
+        """Contact from an online agent proves it alive (an offline one returns by heartbeat)."""
         if agent_id in self.liveness:
             self._contact(agent_id)
 
@@ -283,6 +248,9 @@ class Registry:
         observe_revision(copy.revision)
         a = self.agents.get(copy.id)
         if a is not None and a.revision >= copy.revision:
+            if a.draining != copy.draining:  # drained elsewhere, ours newer by heartbeats only
+                a.draining = copy.draining
+                self._changed(a, persist=False)
             return
         was_online = a is not None and a.status == "online"
         if a is None:
@@ -293,11 +261,10 @@ class Registry:
             for field in copy.__struct_fields__:
                 setattr(a, field, getattr(copy, field))
         self._index(a)
-        if a.status == "online":
-            if not was_online:
-                self._heard(a.id)
-        else:
+        if a.status != "online":
             self.liveness.drop(a.id)
+        elif not was_online:
+            self._heard(a.id)
         self.events.publish("agent", a)
         self._notify(self.on_change, a)
         if was_online and a.status == "offline":
@@ -353,16 +320,7 @@ class Registry:
         return a.heartbeat_interval_s if a is not None and a.status == "online" else None
 
     async def flush(self) -> None:
-        if not self._dirty:
-            return
-        batch = [self.agents[i] for i in self._dirty if i in self.agents]
-        self._dirty.clear()
-        try:
-            await self.store.save_agents(batch)
-        except BaseException:
-            # Not lost: the next flush writes them again with whatever changed since.
-            self._dirty.update(a.id for a in batch)
-            raise
+        await self.rows.flush(self.agents)
 
     async def run(self) -> None:
         interval = min(1.0, self.timeout / 4)

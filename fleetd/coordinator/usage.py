@@ -30,6 +30,7 @@ from aiohttp import web
 from fleetd.coordinator.keys import KEYS, KeyRing
 from fleetd.coordinator.limits import Limiter
 from fleetd.coordinator.metrics import METRICS, Metrics
+from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import background
 from fleetd.core.errors import ApiError
 from fleetd.core.keystore import KeyRow, KeyWatch, UsageRow
@@ -40,6 +41,8 @@ log = logging.getLogger("fleetd.usage")
 SYNC_S = 2.0
 """How often usage is written and every coordinator's totals and keys are read back."""
 BUCKET_S = 60
+PRUNE_S = 3600.0
+"""How often rows older than ``usage_retention_days`` are deleted (and once at start)."""
 
 EndListener = Callable[[str, int, int, bool], None]
 """(agent id or "", prompt tokens, completion tokens, failed), as each reply ends."""
@@ -328,6 +331,17 @@ class Accounts:
             self.limiter.end_flush(totals, now)
             self.keys.replace(keys)
 
+    async def prune(self, retention_days: float) -> None:
+        """Delete usage rows past their retention; a failure waits for the next round."""
+        before = int(time.time() - retention_days * 86400) // BUCKET_S * BUCKET_S
+        try:
+            gone = await self.store.prune_usage(before)
+        except Exception as e:
+            log.warning("old usage rows not deleted (next try in %gs): %s", PRUNE_S, e)
+            return
+        if gone:
+            log.info("deleted %d usage rows older than %g days", gone, retention_days)
+
 
 ACCOUNTS = web.AppKey("accounts", Accounts)
 
@@ -339,9 +353,14 @@ async def accounts_ctx(app: web.Application) -> AsyncIterator[None]:
     app[KEYS] = keys = KeyRing()
     keys.replace(await store.load_keys())
     app[ACCOUNTS] = accounts = Accounts(store, keys, app[METRICS])
+    retention = app[SETTINGS].usage_retention_days
 
     async def loop() -> None:
+        pruned = -PRUNE_S
         while True:
+            if retention and time.monotonic() - pruned >= PRUNE_S:
+                pruned = time.monotonic()
+                await accounts.prune(retention)
             accounts.keep_watching()
             await asyncio.sleep(SYNC_S)
             try:

@@ -41,21 +41,30 @@ class ModelSizes:
         self.sizes: dict[str, int] = {}
         self._failed_at: dict[str, float] = {}
         self._lookups: dict[str, asyncio.Future[int | None]] = {}
+        self.on_learned: list[Callable[[], None]] = []
+        """Called when a size is learned or changes: what fits where may have changed."""
 
     def known(self, model: str) -> int | None:
         return self.sizes.get(model)
 
     def note(self, model: str, size: int) -> None:
-        self.sizes[model] = size
+        if self.sizes.get(model) != size:
+            self.sizes[model] = size
+            for fn in self.on_learned:
+                fn()
+
+    def settled(self, model: str) -> bool:
+        """Whether ``lookup`` would answer at once (size known, or asked too recently)."""
+        failed = self._failed_at.get(model)
+        return model in self.sizes or (
+            failed is not None and time.monotonic() - failed < RETRY_UNKNOWN_S
+        )
 
     async def lookup(self, model: str) -> int | None:
         """The size, or None when the registry cannot say now (one look-up per model at a
         time, shared by every caller)."""
-        if model in self.sizes:
-            return self.sizes[model]
-        failed = self._failed_at.get(model)
-        if failed is not None and time.monotonic() - failed < RETRY_UNKNOWN_S:
-            return None
+        if self.settled(model):
+            return self.sizes.get(model)
         pending = self._lookups.get(model)
         if pending is None:
             pending = self._lookups[model] = asyncio.ensure_future(self._fetch(model))
@@ -69,7 +78,7 @@ class ModelSizes:
             log.info("size of %s unknown, not checked against GPU memory: %s", model, e)
             self._failed_at[model] = time.monotonic()
             return None
-        self.sizes[model] = size
+        self.note(model, size)
         return size
 
 
@@ -105,13 +114,21 @@ def too_large(sizes: ModelSizes) -> Callable[[Agent, str], str | None]:
 
 def fitting(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
     """``models`` less those known not to fit ``agent`` (no look-up: sizes known now)."""
-    return [m for m in models if exceeds(agent, m, sizes.known(m)) is None]
+    # Answered with every registration and heartbeat: the GPU total is summed once, not per
+    # model.
+    total = gpu_memory(agent)
+    if total <= 0:
+        return list(models)  # GPU memory unknown: nothing is refused
+    room = total - agent.margin_bytes
+    return [m for m in models if (size := sizes.known(m)) is None or size <= room]
 
 
 async def fitting_now(agent: Agent, models: list[str], sizes: ModelSizes) -> list[str]:
     """``models`` less those that do not fit ``agent``, looking up sizes not known yet."""
-    found = await asyncio.gather(*(sizes.lookup(m) for m in models))
-    return [m for m, size in zip(models, found, strict=True) if exceeds(agent, m, size) is None]
+    unsettled = [m for m in models if not sizes.settled(m)]
+    if unsettled:  # else no task per model: a fleet registering at once syncs every agent
+        await asyncio.gather(*(sizes.lookup(m) for m in unsettled))
+    return fitting(agent, models, sizes)
 
 
 MODEL_SIZES = web.AppKey("model_sizes", ModelSizes)

@@ -125,6 +125,9 @@ class KeyStore(Protocol):
     async def query_usage(
         self, key_id: str | None, model: str | None, since: int, until: int | None, interval: int
     ) -> list[UsageRow]: ...
+    async def prune_usage(self, before: int) -> int:
+        """Delete usage buckets older than ``before``; how many rows went."""
+        ...
 
 
 def key_row(values: Iterable[Any]) -> KeyRow:
@@ -251,3 +254,9 @@ class SqliteKeyStore:
         sql, args = usage_query(lambda _: "?", key_id, model, since, until, interval)
         rows = await self._submit(lambda c: c.execute(sql, args).fetchall())
         return [UsageRow(*r) for r in rows]
+
+    async def prune_usage(self, before: int) -> int:
+        def write(c: sqlite3.Connection) -> int:
+            return c.execute("DELETE FROM key_usage WHERE bucket < ?", (before,)).rowcount
+
+        return await self._submit(write, writes=True)

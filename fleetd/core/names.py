@@ -3,6 +3,7 @@ checks it, so a name fleetd accepts is one Ollama accepts too)."""
 
 from __future__ import annotations
 
+import functools
 import re
 
 _PART = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,79}"
@@ -23,7 +24,16 @@ def normalize(name: str) -> str:
     The implicit ``library/`` namespace and the default registry host are dropped, so
     ``library/llama3`` and ``llama3:latest`` are the same model.
     """
-    m = _NAME_RE.match(name) if isinstance(name, str) else None
+    if not isinstance(name, str):
+        raise InvalidModelName(f"invalid model name: {name!r}")
+    return _normalize(name)
+
+
+@functools.lru_cache(maxsize=4096)
+def _normalize(name: str) -> str:
+    # Cached: every report and request names the same few models (bounded, as names come
+    # from clients too; an invalid name raises and is not cached).
+    m = _NAME_RE.match(name)
     if m is None:
         raise InvalidModelName(f"invalid model name: {name!r}")
     host, ns, model, tag = m.group("host"), m.group("ns"), m.group("model"), m.group("tag")

@@ -1,8 +1,11 @@
-"""Reaching PostgreSQL: timeouts, the errors meaning it is unreachable, password-free error text."""
+"""Reaching PostgreSQL: timeouts, the errors meaning it is unreachable, password-free error
+text, and LISTENing on a channel."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import asyncpg
@@ -31,3 +34,38 @@ def describe(e: BaseException, url: str) -> str:
     for secret in {p for p in (password, unquote(password or "")) if p}:
         text = text.replace(secret, "***")
     return text
+
+
+class Listener:
+    """One connection of its own LISTENing on a channel (pooled connections come and go)."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def alive(self) -> bool:
+        return not self.conn.is_closed()
+
+    async def close(self) -> None:
+        try:
+            await asyncio.wait_for(self.conn.close(), 5)
+        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError):
+            self.conn.terminate()
+
+
+async def listen(
+    url: str, channel: str, heard: Callable[[], None], lost: Callable[[], None] | None = None
+) -> Listener:
+    """Call ``heard`` at each NOTIFY on ``channel`` (and ``lost`` when the connection ends);
+    a ``RuntimeError`` saying why, password hidden, when the database cannot be reached."""
+    try:
+        conn = await asyncpg.connect(url, timeout=CONNECT_TIMEOUT_S)
+    except Exception as e:
+        raise RuntimeError(describe(e, url)) from None
+    try:
+        await conn.add_listener(channel, lambda *_: heard())
+        if lost is not None:
+            conn.add_termination_listener(lambda _c: lost())
+    except Exception as e:
+        conn.terminate()
+        raise RuntimeError(describe(e, url)) from None
+    return Listener(conn)

@@ -12,7 +12,8 @@ NOTIFY_MAX = 7000
 
 class Change(msgspec.Struct, omit_defaults=True):
     """One NOTIFY payload: who wrote (``o``rigin), what kind of rows and which ids. Kinds:
-    ``a`` agents, ``t`` tasks, ``i`` installed models (by agent id), ``c`` contacts."""
+    ``a`` agents (an id whose row is gone: removed), ``t`` tasks, ``i`` installed models (by
+    agent id), ``c`` contacts, ``k`` key-value entries (by key: the supported list...)."""
 
     o: str
     k: str

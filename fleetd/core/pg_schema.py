@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from fleetd.core.pgkeystore import PG_MIGRATION
+from fleetd.core.pgtokens import SECRETS_TABLE
 from fleetd.core.store import MIGRATIONS
 
 log = logging.getLogger("fleetd.store")
@@ -93,3 +94,4 @@ async def migrate(conn: Conn, where: str) -> None:
             await conn.execute("INSERT INTO fleetd_schema(version) VALUES ($1)", i)
             log.info("database %s migrated to schema version %d", where, i)
         await conn.execute(CONTACT_TABLE)
+        await conn.execute(SECRETS_TABLE)

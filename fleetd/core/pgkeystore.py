@@ -3,7 +3,6 @@ of core/keystore.py's)."""
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
@@ -21,7 +20,7 @@ from fleetd.core.keystore import (
     key_values,
     usage_query,
 )
-from fleetd.core.pg_conn import describe
+from fleetd.core.pg_conn import Listener, listen
 
 Conn = Any
 
@@ -57,22 +56,6 @@ CHANNEL = "fleetd_keys"
 """NOTIFY channel: a key was created or revoked (payload: its id), sent at commit."""
 
 
-class _Listener:
-    """One connection of its own LISTENing on ``CHANNEL`` (pooled ones come and go)."""
-
-    def __init__(self, conn: Conn) -> None:
-        self.conn = conn
-
-    def alive(self) -> bool:
-        return not self.conn.is_closed()
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(self.conn.close(), 5)
-        except (OSError, asyncio.TimeoutError, asyncpg.InterfaceError):
-            self.conn.terminate()
-
-
 class PgKeyStore:
     """PgStore's key and usage methods (mixed into PgStore)."""
 
@@ -81,14 +64,9 @@ class PgKeyStore:
     async def _fetch(self, sql: str, *args: Any) -> list[Any]:
         raise NotImplementedError
 
-    async def watch_keys(self, changed: Callable[[], None]) -> _Listener | None:
+    async def watch_keys(self, changed: Callable[[], None]) -> Listener | None:
         """Other coordinators' creations and revocations, as they commit."""
-        try:
-            conn = await asyncpg.connect(self.url, timeout=10)
-            await conn.add_listener(CHANNEL, lambda *_: changed())
-        except Exception as e:
-            raise RuntimeError(describe(e, self.url)) from None
-        return _Listener(conn)
+        return await listen(self.url, CHANNEL, changed)
 
     async def _submit(self, op: Callable[[Conn], Awaitable[None]]) -> None:
         raise NotImplementedError
@@ -161,3 +139,12 @@ class PgKeyStore:
         rows = await self._fetch(sql, *args)
         # sum() of BIGINT is NUMERIC in PostgreSQL (Decimal here).
         return [UsageRow(r[0], r[1], *(int(v) for v in r[2:])) for r in rows]
+
+    async def prune_usage(self, before: int) -> int:
+        # Several coordinators may prune at once: the same DELETE, harmless twice.
+        rows = await self._fetch(
+            "WITH gone AS (DELETE FROM key_usage WHERE bucket < $1 RETURNING 1)"
+            " SELECT count(*) FROM gone",
+            before,
+        )
+        return int(rows[0][0])

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -23,11 +23,13 @@ import asyncpg
 import msgspec
 
 from fleetd.config import redact_url
+from fleetd.core.counts import pg_add
 from fleetd.core.errors import StartupError
 from fleetd.core.pg_conn import COMMAND_TIMEOUT_S, CONNECT_TIMEOUT_S, UNAVAILABLE, describe
 from fleetd.core.pg_notify import CHANGES, change_payloads
 from fleetd.core.pg_schema import migrate
 from fleetd.core.pgkeystore import PgKeyStore
+from fleetd.core.pgtokens import PgTokenStore
 from fleetd.core.store import StoreUnavailable
 from fleetd.core.wire import Agent, InstalledModel, Task
 
@@ -37,7 +39,7 @@ T = TypeVar("T")
 Conn = Any  # asyncpg.Connection (asyncpg ships no type information)
 
 
-class PgStore(PgKeyStore):
+class PgStore(PgKeyStore, PgTokenStore):
     """PostgreSQL through an asyncpg pool; one writer task, batched commits."""
 
     def __init__(self, url: str, *, max_connections: int = 4) -> None:
@@ -249,18 +251,30 @@ class PgStore(PgKeyStore):
             out.setdefault(agent_id, []).append(self._model_dec.decode(data))
         return out
 
-    async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None:
-        rows = [(agent_id, m.name, self._enc.encode(m)) for m in models]
+    async def save_installed(
+        self, lists: Mapping[str, Iterable[InstalledModel]], as_of: Mapping[str, datetime]
+    ) -> None:
+        ids = list(lists)
+        rows = [(a, m.name, self._enc.encode(m)) for a, models in lists.items() for m in models]
+        dated = list(as_of.items())
 
         async def op(conn: Conn) -> None:
-            await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
+            if ids:
+                await conn.execute("DELETE FROM installed WHERE agent_id = ANY($1)", ids)
             if rows:
+                # ON CONFLICT: another coordinator may write the same agent's list meanwhile
                 await conn.executemany(
                     "INSERT INTO installed(agent_id, model, data) VALUES ($1,$2,$3)"
                     " ON CONFLICT (agent_id, model) DO UPDATE SET data = EXCLUDED.data",
                     rows,
                 )
-            await self._announce(conn, "i", [agent_id])
+            if dated:
+                await conn.executemany(
+                    "INSERT INTO installed_as_of(agent_id, as_of) VALUES ($1,$2)"
+                    " ON CONFLICT (agent_id) DO UPDATE SET as_of = EXCLUDED.as_of",
+                    dated,
+                )
+            await self._announce(conn, "i", ids)
 
         await self._submit(op)
 
@@ -268,18 +282,12 @@ class PgStore(PgKeyStore):
         rows = await self._fetch("SELECT agent_id, as_of FROM installed_as_of")
         return {agent_id: as_of for agent_id, as_of in rows}
 
-    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None:
-        await self._write(
-            "INSERT INTO installed_as_of(agent_id, as_of) VALUES ($1,$2)"
-            " ON CONFLICT (agent_id) DO UPDATE SET as_of = EXCLUDED.as_of",
-            [(agent_id, as_of)],
-        )
-
     async def delete_agent(self, agent_id: str) -> None:
         async def op(conn: Conn) -> None:
             await conn.execute("DELETE FROM agents WHERE id = $1", agent_id)
             await conn.execute("DELETE FROM installed WHERE agent_id = $1", agent_id)
             await conn.execute("DELETE FROM installed_as_of WHERE agent_id = $1", agent_id)
+            await self._announce(conn, "a", [agent_id])  # others read it gone, and forget it
 
         await self._submit(op)
 
@@ -295,7 +303,18 @@ class PgStore(PgKeyStore):
             "INSERT INTO kv(key, value) VALUES ($1,$2)"
             " ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
             [(key, value)],
+            "k",
+            [key],
         )
+
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        totals: dict[str, int] = {}
+
+        async def op(conn: Conn) -> None:
+            totals.update(await pg_add(conn, key, deltas))
+
+        await self._submit(op)
+        return totals
 
     # -- for coordinators sharing the database (coordinator/cluster.py) --------------------
 

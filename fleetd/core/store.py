@@ -14,7 +14,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from datetime import datetime
 from pathlib import Path
@@ -23,6 +23,7 @@ from typing import Any, Protocol, TypeVar
 import msgspec
 from aiohttp import web
 
+from fleetd.core.counts import sqlite_add
 from fleetd.core.errors import ApiError
 from fleetd.core.keystore import SQLITE_MIGRATION, KeyStore, SqliteKeyStore
 from fleetd.core.tokens import private_files
@@ -94,13 +95,18 @@ class Store(KeyStore, Protocol):
     async def load_tasks(self) -> list[Task]: ...
     async def save_tasks(self, tasks: Iterable[Task]) -> None: ...
     async def load_installed(self) -> dict[str, list[InstalledModel]]: ...
-    async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None: ...
+    async def save_installed(
+        self, lists: Mapping[str, Iterable[InstalledModel]], as_of: Mapping[str, datetime]
+    ) -> None:
+        """Each agent's list in ``lists`` replaces the one stored, ``as_of`` says when
+        agents' lists were read: all in one write, however many agents."""
+
     async def load_installed_as_of(self) -> dict[str, datetime]: ...
-    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None: ...
     async def delete_agent(self, agent_id: str) -> None: ...
     async def delete_tasks(self, task_ids: Iterable[str]) -> None: ...
     async def get_kv(self, key: str) -> bytes | None: ...
     async def set_kv(self, key: str, value: bytes) -> None: ...
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]: ...
     async def check(self) -> str | None: ...
     async def close(self) -> None: ...
 
@@ -333,12 +339,22 @@ class SqliteStore(SqliteKeyStore):
             out.setdefault(agent_id, []).append(self._model_dec.decode(data))
         return out
 
-    async def replace_installed(self, agent_id: str, models: Iterable[InstalledModel]) -> None:
-        rows = [(agent_id, m.name, self._enc.encode(m)) for m in models]
+    async def save_installed(
+        self, lists: Mapping[str, Iterable[InstalledModel]], as_of: Mapping[str, datetime]
+    ) -> None:
+        # One op: a whole fleet registering at once costs one transaction per flush, not two
+        # queued writes per agent.
+        gone = [(agent_id,) for agent_id in lists]
+        rows = [(a, m.name, self._enc.encode(m)) for a, models in lists.items() for m in models]
+        # RFC 3339 text, as the API shows it
+        dated = [(a, msgspec.json.encode(t)[1:-1].decode()) for a, t in as_of.items()]
 
         def write(c: sqlite3.Connection) -> None:
-            c.execute("DELETE FROM installed WHERE agent_id = ?", (agent_id,))
+            c.executemany("DELETE FROM installed WHERE agent_id = ?", gone)
             c.executemany("INSERT INTO installed(agent_id, model, data) VALUES (?,?,?)", rows)
+            c.executemany(
+                "INSERT OR REPLACE INTO installed_as_of(agent_id, as_of) VALUES (?,?)", dated
+            )
 
         await self._submit(write, writes=True)
 
@@ -361,13 +377,6 @@ class SqliteStore(SqliteKeyStore):
         )
         return {agent_id: msgspec.convert(as_of, datetime) for agent_id, as_of in rows}
 
-    async def save_installed_as_of(self, agent_id: str, as_of: datetime) -> None:
-        text = msgspec.json.encode(as_of)[1:-1].decode()  # RFC 3339, as the API shows it
-        await self._write(
-            "INSERT OR REPLACE INTO installed_as_of(agent_id, as_of) VALUES (?,?)",
-            [(agent_id, text)],
-        )
-
     async def get_kv(self, key: str) -> bytes | None:
         row = await self._submit(
             lambda c: c.execute("SELECT value FROM kv WHERE key = ?", (key,)).fetchone()
@@ -376,6 +385,10 @@ class SqliteStore(SqliteKeyStore):
 
     async def set_kv(self, key: str, value: bytes) -> None:
         await self._write("INSERT OR REPLACE INTO kv(key, value) VALUES (?,?)", [(key, value)])
+
+    async def add_counts(self, key: str, deltas: Mapping[str, int]) -> dict[str, int]:
+        """Add ``deltas`` to the counters under ``key`` (core/counts.py); the new totals."""
+        return await self._submit(lambda c: sqlite_add(c, key, deltas), writes=True)
 
 
 STORE = web.AppKey("store", Store)

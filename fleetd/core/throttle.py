@@ -42,6 +42,8 @@ class Throttle:
     def guard(self, request: web.Request) -> None:
         """429 ``too_many_failures`` for an address that failed too often, before its token is
         even compared (a right guess must not be told apart from a wrong one meanwhile)."""
+        if not self._failures:
+            return  # the usual case, without looking up the peer's address
         addr = request.remote or "?"
         now = time.monotonic()
         times = self._recent(addr, now)

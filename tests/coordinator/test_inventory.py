@@ -6,9 +6,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import cast
 
+from aiohttp import ClientSession
+
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
 from fleetd.coordinator.pools import Pools
+from fleetd.coordinator.vram import ModelSizes, fitting
+from fleetd.core.gpu import Gpu
 from fleetd.core.plugins import load_plugin
 from fleetd.core.store import SqliteStore, Store
 from fleetd.core.wire import Agent, InstalledModel
@@ -58,23 +62,24 @@ async def test_a_failed_write_is_written_by_the_next_flush(tmp_path: Path) -> No
     await store.open()
     inv = Inventory(store)
     inv.report("a1", [model("llama3.2:1b")])
-    real = store.replace_installed
+    real = store.save_installed
     calls = 0
 
-    async def failing(agent_id: str, models: object) -> None:
+    async def failing(lists: object, as_of: object) -> None:
         nonlocal calls
         calls += 1
         raise OSError("disk full")
 
-    store.replace_installed = failing  # type: ignore[method-assign,assignment]
+    store.save_installed = failing  # type: ignore[method-assign,assignment]
     try:
         await inv.flush()
     except OSError:
         pass
-    store.replace_installed = real  # type: ignore[method-assign]
+    store.save_installed = real  # type: ignore[method-assign]
     await inv.flush()
     assert calls == 1
     assert [m.name for m in (await store.load_installed())["a1"]] == ["llama3.2:1b"]
+    assert "a1" in await store.load_installed_as_of()
     await store.close()
 
 
@@ -92,3 +97,33 @@ def test_the_gateway_serves_a_newly_installed_model_before_the_next_heartbeat() 
     gw.mark_suspect("a1", "a request failed")
     inv.report("a1", [])
     assert not gw.can_serve("other:7b") and "a1" in gw.suspect
+
+
+def test_figures_only_heartbeats_keep_pools_and_other_changes_still_reach_them() -> None:
+    """Heartbeats that change only figures take a shortcut; everything else that decides what
+    an agent serves must still move it between pools at once."""
+    agents: dict[str, Agent] = {}
+    cls = load_plugin("fleetd.balancer", "least-busy", "coordinator.balancer")
+    inv = Inventory(cast(Store, None))
+    sizes = ModelSizes(cast(ClientSession, None), "http://registry")
+    gw = Pools(["llama3.2:1b"], agents, cls, Metrics(), inv)
+    gw.holds = lambda a: fitting(a, ["llama3.2:1b"], sizes)
+    sizes.on_learned.append(lambda: gw.set_supported(["llama3.2:1b"], agents.values()))
+    gpu = Gpu(name="h100", memory_bytes=80 * 10**9, memory_used_bytes=0, utilization=0.0)
+    a = Agent(id="a1", name="gpu-1", url="http://x", initializing=False, gpus=[gpu])
+    a.ready_models = a.total_models = 1
+    agents["a1"] = a
+    gw.agent_changed(a)
+    assert gw.can_serve("llama3.2:1b")
+    for used in range(5):  # figures only
+        a.gpus = [Gpu(name="h100", memory_bytes=80 * 10**9, memory_used_bytes=used)]
+        gw.agent_changed(a)
+    assert gw.pick("llama3.2:1b") == "a1"
+    a.loaded_models = ["other:7b"]  # a client loaded another model on it
+    gw.agent_changed(a)
+    assert gw.can_serve("other:7b")
+    sizes.note("llama3.2:1b", 100 * 10**9)  # learned now: it does not fit 80 GB
+    assert not gw.can_serve("llama3.2:1b") and gw.can_serve("other:7b")
+    a.draining = True
+    gw.agent_changed(a)
+    assert not gw.can_serve("other:7b")

@@ -49,7 +49,7 @@ async def test_agents_tasks_and_installed_survive_reopening(reopen: Opener) -> N
     await asyncio.gather(
         s.save_agents([a]),
         s.save_tasks([t]),
-        s.replace_installed("a1", [InstalledModel(name="qwen3-coder:30b", size=5)]),
+        s.save_installed({"a1": [InstalledModel(name="qwen3-coder:30b", size=5)]}, {}),
         s.set_kv("catalog", b"{}"),
     )
     await s.close()
@@ -72,11 +72,12 @@ async def test_many_concurrent_writes_all_land(reopen: Opener) -> None:
     await s.close()  # idempotent
 
 
-async def test_replace_installed_replaces(reopen: Opener) -> None:
+async def test_saving_installed_lists_replaces_only_the_agents_given(reopen: Opener) -> None:
     s = await reopen()
-    await s.replace_installed("a", [InstalledModel(name="x:1", size=1)])
-    await s.replace_installed("a", [InstalledModel(name="y:1", size=2)])
-    assert [m.name for m in (await s.load_installed())["a"]] == ["y:1"]
+    x, y = InstalledModel(name="x:1", size=1), InstalledModel(name="y:1", size=2)
+    await s.save_installed({"a": [x], "b": [x, y], "c": [y]}, {})
+    await s.save_installed({"a": [y], "b": []}, {})  # c not given: left as it was
+    assert await s.load_installed() == {"a": [y], "c": [y]}
     await s.close()
 
 
@@ -86,8 +87,7 @@ async def test_deleting_an_agent_and_tasks(reopen: Opener) -> None:
     when = datetime(2026, 11, 25, 9, 0, tzinfo=timezone.utc)
     for agent_id in ("a", "b"):
         await s.save_agents([Agent(id=agent_id, name=agent_id, url=f"http://{agent_id}:1")])
-        await s.replace_installed(agent_id, [InstalledModel(name="x:1", size=1)])
-        await s.save_installed_as_of(agent_id, when)
+        await s.save_installed({agent_id: [InstalledModel(name="x:1", size=1)]}, {agent_id: when})
     await s.save_tasks([Task(id=f"t{i}", agent_id="a", model="x:1") for i in range(3)])
     await s.delete_agent("a")
     await s.delete_tasks(["t0", "t2"])
@@ -104,9 +104,8 @@ async def test_installed_as_of_is_kept_per_agent(reopen: Opener) -> None:
     s = await reopen()
     first = datetime(2026, 11, 25, 9, 0, 0, 123456, tzinfo=timezone.utc)
     later = datetime(2026, 11, 25, 9, 5, tzinfo=timezone.utc)
-    await s.save_installed_as_of("a", first)
-    await s.save_installed_as_of("b", first)
-    await s.save_installed_as_of("b", later)
+    await s.save_installed({}, {"a": first, "b": first})
+    await s.save_installed({}, {"b": later})
     await s.close()
     s = await reopen()
     assert await s.load_installed_as_of() == {"a": first, "b": later}

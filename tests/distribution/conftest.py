@@ -138,6 +138,8 @@ class Events:
         )
         self.sock.settimeout(0.2)
         self.items: list[tuple[float, str, dict[str, Any]]] = []
+        self.subscribed = threading.Event()
+        """Set once the ``retry`` line came: the coordinator subscribed us before sending it."""
         self._stop = threading.Event()
         self._lock = threading.Lock()
         self._thread = threading.Thread(target=self._read, daemon=True)
@@ -157,6 +159,8 @@ class Events:
             buf += chunk
             while b"\n\n" in buf:
                 block, buf = buf.split(b"\n\n", 1)
+                if b"retry: " in block:
+                    self.subscribed.set()
                 kind, data = "", ""
                 for raw in block.decode(errors="replace").splitlines():
                     if raw.startswith("event: "):

@@ -97,9 +97,16 @@ def test_gpus_too_small_for_all_models_is_said_plainly(fleet: Fleet) -> None:
     assert info["initializing"] is True
     assert info["ready_models"] <= 1
     assert "evicted" in str(info["status_message"])
-    # It backs off instead of loading in a circle.
+    # It backs off instead of loading in a circle: the residency check runs once per heartbeat
+    # (0.5 s here), so four more heartbeats with no new load mean several checks held back.
     loads = sum(sim_state(sim)["loads"].values())
-    time.sleep(2)
+    seen = {info["last_seen"]}
+    wait_until(
+        lambda: seen.add(agents(c)[0]["last_seen"]) or len(seen) > 4,
+        10,
+        0.1,
+        what="four more heartbeats",
+    )
     assert sum(sim_state(sim)["loads"].values()) == loads
 
 

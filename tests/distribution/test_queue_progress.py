@@ -17,7 +17,7 @@ from tests.distribution.conftest import (
     tasks,
     wait_task,
 )
-from tests.procs import admin
+from tests.procs import admin, wait_until
 
 EXTRA = "nomic-embed-text:latest"
 
@@ -61,11 +61,14 @@ def test_ten_queued_run_at_most_max_concurrent_in_order(fleet: Fleet) -> None:
 def test_progress_reaches_events_at_least_once_a_second(fleet: Fleet, events: Any) -> None:
     _, c, _, agent_id = ready_fleet(fleet, *SLOW)
     ev = events(c.url)
-    time.sleep(0.2)  # subscribed before the distribution starts
+    assert ev.subscribed.wait(5), "no retry line from /api/events"
     [t] = distribute(c, EXTRA, [agent_id]).json()["tasks"]
     wait_task(c, t["id"], "completed")
-    time.sleep(0.2)
-    seen = ev.tasks(t["id"])
+    seen = wait_until(
+        lambda: (s := ev.tasks(t["id"])) and s[-1][1]["status"] == "completed" and s,
+        5,
+        what="the completed task on /api/events",
+    )
     statuses = [obj["status"] for _, obj in seen]
     assert statuses[-1] == "completed"
     running = [(at, obj) for at, obj in seen if obj["status"] == "downloading"]

@@ -126,7 +126,7 @@ async def dist(tmp_path: Path) -> AsyncIterator[tuple[Distribution, FakeAgentApi
     events = EventBus()
     registry = Registry(store, events, heartbeat_timeout_s=30)
     inventory = Inventory(store)
-    d = Distribution(store, events, registry, inventory, [], None, "token")  # type: ignore[arg-type]
+    d = Distribution(store, events, registry, inventory, [], None, lambda: "token")  # type: ignore[arg-type]
     api = FakeAgentApi()
     d.orders._call = api  # type: ignore[method-assign]
     reg = Registration(

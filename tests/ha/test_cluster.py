@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import httpx
 
@@ -22,45 +21,27 @@ from tests.distribution.conftest import (
     wait_agent,
     wait_task,
 )
+from tests.ha.conftest import TIMEOUT_S, agent_on, pair
 from tests.procs import AGENT_TOKEN, SIM_GPU, Proc, wait_until
 
 EXTRA = "nomic-embed-text:latest"
-TIMEOUT_S = 3.0
-
-
-def _pair(fleet: Fleet, pg_url: str, **settings: Any) -> tuple[Proc, Proc]:
-    """A then B on one database; A starts first, so A holds the duties."""
-    cfg = {
-        "supported_models": SMALL,
-        "database_url": pg_url,
-        "heartbeat_timeout_s": TIMEOUT_S,
-        **settings,
-    }
-    a = fleet.coordinator(**cfg)
-    a.wait_for_line("now runs the offline sweep")
-    b = fleet.coordinator(**cfg)
-    return a, b
-
-
-def _agent(c: Proc, agent_id: str) -> dict[str, Any] | None:
-    return next((x for x in agents(c) if x["id"] == agent_id), None)
 
 
 def test_an_agent_registered_through_one_is_listed_by_both_and_kept_online(
     fleet: Fleet, pg_url: str
 ) -> None:
     sim = fleet.sim(*PREINSTALLED)
-    a, b = _pair(fleet, pg_url)
+    a, b = pair(fleet, pg_url)
     fleet.agent(b.url, ollama=sim.url, registry_url=sim.url)  # heartbeats to B only
     agent_id = wait_agent(b, initializing=False)["id"]
-    wait_until(lambda: (x := _agent(a, agent_id)) and not x["initializing"], what="agent on A")
+    wait_until(lambda: (x := agent_on(a, agent_id)) and not x["initializing"], what="agent on A")
     assert [x["id"] for x in agents(a)] == [agent_id]
 
     # A runs the offline sweep and never hears from the agent itself: B's word keeps it
     # online, for several timeouts.
     end = time.monotonic() + 3 * TIMEOUT_S
     while time.monotonic() < end:
-        seen = _agent(a, agent_id)
+        seen = agent_on(a, agent_id)
         assert seen is not None and seen["status"] == "online", seen
         time.sleep(0.2)
     assert "silent for more than" not in a.log
@@ -68,10 +49,10 @@ def test_an_agent_registered_through_one_is_listed_by_both_and_kept_online(
 
 def test_a_task_ordered_on_one_streams_on_the_others_events(fleet: Fleet, pg_url: str) -> None:
     sim = fleet.sim(*PREINSTALLED, "--size-scale", "0.01", "--bandwidth", "1MB")
-    a, b = _pair(fleet, pg_url)
+    a, b = pair(fleet, pg_url)
     fleet.agent(a.url, ollama=sim.url, registry_url=sim.url)
     agent_id = wait_agent(a, initializing=False)["id"]
-    wait_until(lambda: _agent(b, agent_id), what="agent on B")
+    wait_until(lambda: agent_on(b, agent_id), what="agent on B")
     on_b = Events(b.url)
     try:
         [t] = distribute(a, EXTRA, [agent_id]).json()["tasks"]
@@ -91,7 +72,7 @@ def test_a_task_ordered_on_one_streams_on_the_others_events(fleet: Fleet, pg_url
 
 def test_kill_9_of_one_coordinator_loses_nothing(fleet: Fleet, pg_url: str) -> None:
     sim = fleet.sim(*PREINSTALLED, "--size-scale", "0.02", "--bandwidth", "1MB")
-    a, b = _pair(fleet, pg_url)
+    a, b = pair(fleet, pg_url)
     # One agent knows both (A first); another knows only A and will fall silent with it.
     mover = fleet.agent(f"{a.url},{b.url}", ollama=sim.url, registry_url=sim.url)
     lone = fleet.agent(a.url, ollama=sim.url, registry_url=sim.url)
@@ -99,7 +80,7 @@ def test_kill_9_of_one_coordinator_loses_nothing(fleet: Fleet, pg_url: str) -> N
     lone.wait_for_line("registered with " + a.url)
     mover_id = next(x["id"] for x in agents(a) if x["url"] == mover.url)
     lone_id = next(x["id"] for x in agents(a) if x["url"] == lone.url)
-    wait_until(lambda: (x := _agent(b, mover_id)) and not x["initializing"], 30, what="ready")
+    wait_until(lambda: (x := agent_on(b, mover_id)) and not x["initializing"], 30, what="ready")
 
     [t] = distribute(a, EXTRA, [mover_id]).json()["tasks"]
     wait_until(
@@ -114,8 +95,8 @@ def test_kill_9_of_one_coordinator_loses_nothing(fleet: Fleet, pg_url: str) -> N
     wait_task(b, t["id"], "completed", timeout=60)
     # B took over the sweep: the agent that knew only A goes offline there.
     b.wait_for_line("now runs the offline sweep")
-    wait_until(lambda: _agent(b, lone_id)["status"] == "offline", 20, what="lone offline on B")
-    assert _agent(b, mover_id)["status"] == "online"
+    wait_until(lambda: agent_on(b, lone_id)["status"] == "offline", 20, what="lone offline on B")
+    assert agent_on(b, mover_id)["status"] == "online"
     # Inference through the survivor.
     chat = {"model": SMALL[0], "messages": [{"role": "user", "content": "hi"}]}
     r = httpx.post(b.url + "/v1/chat/completions", json=chat, timeout=30)
@@ -136,7 +117,7 @@ def test_kill_9_of_one_coordinator_loses_nothing(fleet: Fleet, pg_url: str) -> N
 
 
 def test_agents_registering_through_both_at_once_get_one_id_each(fleet: Fleet, pg_url: str) -> None:
-    a, b = _pair(fleet, pg_url)
+    a, b = pair(fleet, pg_url)
     headers = {"Authorization": f"Bearer {AGENT_TOKEN}"}
     n = 10
     go = threading.Barrier(2 * n)

@@ -1,6 +1,10 @@
 """The mirror as the coordinator's routes see it: the cache, the fetcher, manifests from
-upstream (kept for air-gapped use), the byte counters (persisted in the store's kv table,
-counted since the database was created) and their Prometheus twins.
+upstream (kept for air-gapped use), the byte counters and their Prometheus twins.
+
+The byte counters are the fleet's, counted since the database was created: each save adds
+what this coordinator counted since the last one to the store's totals (``add_counts``) and
+takes the totals back, so coordinators sharing a database add up their counts instead of
+overwriting each other's. The Prometheus counters are this process's own.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from fleetd.coordinator.mirror.fetcher import Fetcher, Flight, Throttle
 from fleetd.coordinator.settings import SETTINGS
 from fleetd.core.background import background
 from fleetd.core.catalog import network_reason
+from fleetd.core.counts import decode_counts
 from fleetd.core.events import EVENTS, EventBus
 from fleetd.core.http import CLIENT
-from fleetd.core.store import STORE, Store
+from fleetd.core.store import STORE, Store, StoreUnavailable
 from fleetd.core.wire import TERMINAL
 
 log = logging.getLogger("fleetd.mirror")
@@ -68,7 +73,9 @@ class Mirror:
         self.store = store
         self.session = session
         self.counters = _Counters()
-        self._saved = _Counters()
+        """The database's totals as last read, plus what was counted here since."""
+        self._unsaved = _Counters()
+        """What was counted here and is not yet added to the database's totals."""
         self.fetcher = Fetcher(
             cache,
             session,
@@ -95,10 +102,12 @@ class Mirror:
 
     def _up(self, n: int) -> None:
         self.counters.upstream_bytes += n
+        self._unsaved.upstream_bytes += n
         self.upstream_total.inc(n)
 
     def served(self, n: int) -> None:
         self.counters.served_bytes += n
+        self._unsaved.served_bytes += n
         self.served_total.inc(n)
 
     # -- manifests -------------------------------------------------------------------------
@@ -159,20 +168,23 @@ class Mirror:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def load_counters(self) -> None:
-        raw = await self.store.get_kv(COUNTERS_KEY)
-        if raw:
-            try:
-                self.counters = msgspec.json.decode(raw, type=_Counters)
-            except (msgspec.DecodeError, msgspec.ValidationError):
-                log.warning("mirror: unreadable counters in the database; starting from 0")
-        self._saved = msgspec.structs.replace(self.counters)
-
     async def save_counters(self) -> None:
-        if self.counters != self._saved:
-            snapshot = msgspec.structs.replace(self.counters)
-            await self.store.set_kv(COUNTERS_KEY, msgspec.json.encode(snapshot))
-            self._saved = snapshot
+        """Add what was counted here to the database's totals (only read them when nothing
+        was), and show those totals: other coordinators' counts included."""
+        sent, self._unsaved = self._unsaved, _Counters()
+        try:
+            if sent == _Counters():
+                totals = decode_counts(await self.store.get_kv(COUNTERS_KEY), COUNTERS_KEY)
+            else:
+                totals = await self.store.add_counts(COUNTERS_KEY, msgspec.structs.asdict(sent))
+        except BaseException:
+            self._unsaved.upstream_bytes += sent.upstream_bytes  # added by the next save
+            self._unsaved.served_bytes += sent.served_bytes
+            raise
+        fresh = msgspec.convert(totals, _Counters)
+        fresh.upstream_bytes += self._unsaved.upstream_bytes  # counted during the save
+        fresh.served_bytes += self._unsaved.served_bytes
+        self.counters = fresh
 
     async def status(self) -> dict[str, Any]:
         """``GET /api/mirror``'s answer (and the dashboard's ``mirror`` event)."""
@@ -214,6 +226,8 @@ class Mirror:
             if ticks % round(SAVE_INTERVAL_S / PUBLISH_INTERVAL_S) == 0:
                 try:
                     await self.save_counters()
+                except StoreUnavailable:
+                    pass  # the store said why; the next save adds what this one could not
                 except Exception as err:  # the store may be closing; the next save catches up
                     log.warning("mirror: cannot save counters: %s", err)
 
@@ -240,7 +254,7 @@ async def mirror_ctx(app: web.Application) -> AsyncIterator[None]:
         return {t.model for t in dist.tasks.values() if t.status not in TERMINAL}
 
     mirror = Mirror(settings, cache, app[CLIENT], app[STORE], app[METRICS].registry, needed)
-    await mirror.load_counters()
+    await mirror.save_counters()  # nothing counted yet: reads the totals
     app[MIRROR] = mirror
     async with background(mirror.run_saver(app[EVENTS]), "mirror-counters"):
         yield
