@@ -185,7 +185,6 @@ class Pools:
             for pool in member:
                 pool.update(a.id, load)
             return
-        self._inputs[a.id] = inputs
         if a.id not in self._gauged:
             # Read at scrape time, so that requests do not pay for the gauge.
             self._gauged.add(a.id)
@@ -195,6 +194,8 @@ class Pools:
             # Any news from the agent itself proves it is up again.
             self.suspect.discard(a.id)
         self._place(a)
+        if a.id in self._member:  # placed: the next heartbeat alike may take the shortcut
+            self._inputs[a.id] = inputs
 
     def installed_changed(self, agent_id: str) -> None:
         """Inventory listener: ``agent_id`` serves what it installed at once, not from its
@@ -278,6 +279,7 @@ class Pools:
 
     def _leave(self, agent_id: str) -> None:
         self._member.pop(agent_id, None)
+        self._inputs.pop(agent_id, None)
         for m in self._serving.pop(agent_id, ()):
             pool = self.pools.get(m)
             if pool is not None:
