@@ -140,8 +140,12 @@ async def follow_model_sets(app: web.Application) -> AsyncIterator[None]:
     pools.holds = lambda a: fitting(a, sets.for_agent(a), sizes)
     registry = app[REGISTRY]
 
-    def apply() -> None:
+    def replace() -> None:
+        """What each agent serves, worked out again (the list, or a model's size, changed)."""
         pools.set_supported(sets.everything(), registry.agents.values())
+
+    def apply() -> None:
+        replace()
         catalog = app[CATALOG]
         catalog.supported = list(sets.supported)
         catalog.supported_repos = {repo_name(m) for m in sets.supported}
@@ -153,12 +157,9 @@ async def follow_model_sets(app: web.Application) -> AsyncIterator[None]:
             app[DISTRIBUTION].resync()
         app[EVENTS].publish("supported", {"models": sets.supported})
 
-    def resized() -> None:
-        pools.set_supported(sets.everything(), registry.agents.values())
-
     apply()  # the stored list may differ from the config's the others started with
     sets.on_change.append(changed)
-    sizes.on_learned.append(resized)
+    sizes.on_learned.append(replace)
     yield
-    sizes.on_learned.remove(resized)
+    sizes.on_learned.remove(replace)
     sets.on_change.remove(changed)
