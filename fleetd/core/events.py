@@ -2,8 +2,8 @@
 
 Every message is a whole object (agent, task…) and carries its ``revision``, so a reader
 keeps the newest copy and loses nothing by skipping an older one. Each subscriber therefore
-holds at most one unsent message per object — a newer change replaces it (each change is
-encoded once, for all subscribers) — so what it sends is always the latest state:
+holds at most one unsent message per object — a newer change replaces it — so what it sends
+is always the latest state:
 
 - task (and other) messages go out as soon as the subscriber reads; a task's progress
   arrives as often as its agent reports it (twice a second), its end is never skipped;
@@ -17,10 +17,18 @@ encoded once, for all subscribers) — so what it sends is always the latest sta
   per subscriber, oldest first: with 5,000 agents heartbeating every 5 s (1,000 messages a
   second, about 1.4 MB/s) a dashboard gets each agent's figures every ~15 s instead.
 
+A message is encoded when a subscriber sends it, not when it is published, so the many
+agent changes replaced before they go cost no encoding. Publishers pass their live objects
+(the registry's agents and tasks change in place): what goes out is the object as it is
+then, the latest state, which its ``revision`` orders. A change sent by several subscribers
+is encoded once, by the first.
+
 Memory per subscriber is bounded by the number of objects, whatever the reader's speed. A
 reader that takes nothing (a client that reads nothing) is dropped once the changes offered
 to it since it last took a message pass ``MAX_UNREAD_BYTES``: its connection is closed, and
-its browser's EventSource reconnects and reloads the state.
+its browser's EventSource reconnects and reloads the state. Unsent changes have no bytes yet,
+so each counts as the last message of its kind that any subscriber sent (``GUESS_BYTES``
+before the first): an estimate, good enough to tell a dead reader.
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ FIGURES_BYTES_PER_S = 100_000
 """What heartbeat figures alone may cost a subscriber per second."""
 MAX_UNREAD_BYTES = 8 << 20
 """Changes offered to a reader since it last took a message, past which it is dropped."""
+GUESS_BYTES = 1024
+"""A change's size, for ``MAX_UNREAD_BYTES``, before any message of its kind was encoded."""
 
 Key = tuple[str, str]
 Signature = tuple[Any, ...]
@@ -65,14 +75,27 @@ def _signature(a: Any) -> Signature:
     )
 
 
+class _Message:
+    """One published change, shared by the subscribers it is offered to; ``data`` is its
+    encoding, made by the first of them to send it."""
+
+    __slots__ = ("data", "kind", "obj", "sig")
+
+    def __init__(self, kind: str, obj: Any, sig: Signature | None) -> None:
+        self.kind = kind
+        self.obj = obj
+        self.sig = sig
+        """An agent's signature as published (pacing decides by it), else None."""
+        self.data: bytes | None = None
+
+
 class _Held:
     """An agent's latest state waiting, in one subscriber, for its second or the budget."""
 
-    __slots__ = ("due", "msg", "paced", "sig")
+    __slots__ = ("due", "msg", "paced")
 
-    def __init__(self, msg: bytes, sig: Signature, due: float) -> None:
+    def __init__(self, msg: _Message, due: float) -> None:
         self.msg = msg
-        self.sig = sig
         self.due = due
         self.paced = False
 
@@ -98,7 +121,7 @@ class _Subscriber:
         at: float,
         on_drop: Callable[[], None] | None,
     ) -> None:
-        self.now: dict[Key, tuple[bytes, Signature | None]] = {}
+        self.now: dict[Key, _Message] = {}
         """To send as soon as the reader is ready, in order of first change."""
         self.held: dict[str, _Held] = {}
         self.due: list[tuple[float, str]] = []
@@ -112,7 +135,7 @@ class _Subscriber:
         self.ready = asyncio.Event()
         self.closed = False
         self.behind = 0
-        """Bytes of changes offered since the reader last took a message."""
+        """Bytes of changes offered since the reader last took a message (estimated)."""
         self.on_drop = on_drop
 
 
@@ -128,6 +151,8 @@ class EventBus:
         self._max = max_unread_bytes
         self.dropped = 0
         self._enc = msgspec.json.Encoder()
+        self._sizes: dict[str, int] = {}
+        """Kind -> size of its last message encoded: what an unsent change counts as."""
         self._clock = clock
         self._known: dict[str, Signature] = {}
         """Agent id -> signature as last published: what a new subscriber's snapshot shows."""
@@ -137,23 +162,27 @@ class EventBus:
         return len(self._subs)
 
     def publish(self, kind: str, obj: Any) -> None:
+        """``obj`` is encoded when it is sent, as it is then: pass the live object (what
+        it becomes is what a reader wants) or one left unchanged."""
         key = (kind, getattr(obj, "id", ""))
         sig = _signature(obj) if kind == "agent" else None
         if sig is not None:
             self._known[key[1]] = sig
         if not self._subs:
             return
-        msg = self._encode(kind, obj)
+        msg = _Message(kind, obj, sig)
+        size = self._sizes.get(kind, GUESS_BYTES)
         for sub in list(self._subs):
-            sub.behind += len(msg)
+            sub.behind += size
             if sub.behind > self._max:
                 self._drop(sub)
             else:
-                self._offer(sub, key, msg, sig)
+                self._offer(sub, key, msg)
 
-    def _offer(self, sub: _Subscriber, key: Key, msg: bytes, sig: Signature | None) -> None:
+    def _offer(self, sub: _Subscriber, key: Key, msg: _Message) -> None:
+        sig = msg.sig
         if sig is None or key in sub.now:
-            sub.now[key] = (msg, sig)  # not sent yet: it goes as it is now
+            sub.now[key] = msg  # not sent yet: it goes as it is then
             sub.ready.set()
             return
         agent_id = key[1]
@@ -161,18 +190,18 @@ class EventBus:
         last = sub.last.get(agent_id)
         if last is None or last[1][0] != sig[0]:
             sub.held.pop(agent_id, None)
-            sub.now[key] = (msg, sig)
+            sub.now[key] = msg
             sub.ready.set()
         elif held is not None:
-            held.msg, held.sig = msg, sig
+            held.msg = msg
             if held.paced and sig != last[1]:
                 # Waiting for the figures budget, but now more than figures changed.
                 del sub.held[agent_id]
-                sub.now[key] = (msg, sig)
+                sub.now[key] = msg
                 sub.ready.set()
         else:
             due = last[0] + COALESCE_S
-            sub.held[agent_id] = _Held(msg, sig, due)
+            sub.held[agent_id] = _Held(msg, due)
             heapq.heappush(sub.due, (due, agent_id))
             if sub.due[0][1] == agent_id:
                 sub.ready.set()  # the reader's next wake-up comes sooner
@@ -201,12 +230,12 @@ class EventBus:
             if held is None or held.paced or held.due != due:
                 continue  # sent meanwhile (a status change), or held again since
             last = sub.last.get(agent_id)
-            if last is not None and last[1] == held.sig:
+            if last is not None and last[1] == held.msg.sig:
                 held.paced = True
                 sub.paced.append(agent_id)
             else:
                 del sub.held[agent_id]
-                sub.now[("agent", agent_id)] = (held.msg, held.sig)
+                sub.now[("agent", agent_id)] = held.msg
         sub.budget = min(
             float(FIGURES_BYTES_PER_S), sub.budget + (now - sub.budget_at) * FIGURES_BYTES_PER_S
         )
@@ -217,7 +246,7 @@ class EventBus:
             if held is not None and held.paced:
                 del sub.held[agent_id]
                 # Charged when sent.
-                sub.now[("agent", agent_id)] = (held.msg, held.sig)
+                sub.now[("agent", agent_id)] = held.msg
         waits = []
         if sub.due:
             waits.append(sub.due[0][0])
@@ -225,8 +254,12 @@ class EventBus:
             waits.append(now - sub.budget / FIGURES_BYTES_PER_S)
         return min(waits) if waits else None
 
-    def _encode(self, kind: str, obj: Any) -> bytes:
-        return b"event: " + kind.encode() + b"\ndata: " + self._enc.encode(obj) + b"\n\n"
+    def _encoded(self, msg: _Message) -> bytes:
+        if msg.data is None:
+            obj = self._enc.encode(msg.obj)
+            msg.data = b"event: " + msg.kind.encode() + b"\ndata: " + obj + b"\n\n"
+            self._sizes[msg.kind] = len(msg.data)
+        return msg.data
 
     def subscribe(self, on_drop: Callable[[], None] | None = None) -> Subscription:
         """A new reader, subscribed from now on (``close()`` it). An agent's state as it is
@@ -248,15 +281,16 @@ class EventBus:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            key, (msg, sig) = next(iter(sub.now.items()))
+            key, msg = next(iter(sub.now.items()))
             del sub.now[key]
-            if sig is not None:
+            data = self._encoded(msg)
+            if msg.sig is not None:
                 last = sub.last.get(key[1])
-                if last is not None and last[1] == sig:
-                    sub.budget -= len(msg)
-                sub.last[key[1]] = (self._clock(), sig)
+                if last is not None and last[1] == msg.sig:
+                    sub.budget -= len(data)
+                sub.last[key[1]] = (self._clock(), msg.sig)
             sub.behind = 0
-            return msg
+            return data
         return None
 
     def close_all(self) -> None:

@@ -1,5 +1,6 @@
 """The event bus coalesces per subscriber: at most one unsent message per object, the newest
-state, agent messages at most once a second, status changes and task ends never held back."""
+state, agent messages at most once a second, status changes and task ends never held back;
+a message is encoded when sent, once for every subscriber that sends it."""
 
 from __future__ import annotations
 
@@ -8,8 +9,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
+import pytest
 
-from fleetd.core.events import EventBus
+from fleetd.core.events import GUESS_BYTES, EventBus
 from fleetd.core.wire import Agent, Task, next_revision
 
 
@@ -22,6 +24,24 @@ def agent(status: str = "online", **fields: Any) -> Agent:
 def decode(msg: bytes) -> tuple[str, dict[str, Any]]:
     head, data = msg.decode().strip().split("\n")
     return head.removeprefix("event: "), msgspec.json.decode(data.removeprefix("data: "))
+
+
+class CountingEncoder:
+    """msgspec's JSON encoder, counting the objects it encodes."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+        self._enc = msgspec.json.Encoder()
+
+    def encode(self, obj: Any) -> bytes:
+        self.calls += 1
+        return self._enc.encode(obj)
+
+
+def counted(bus: EventBus, monkeypatch: pytest.MonkeyPatch) -> CountingEncoder:
+    enc = CountingEncoder()
+    monkeypatch.setattr(bus, "_enc", enc)
+    return enc
 
 
 async def drain(messages: AsyncIterator[bytes]) -> list[tuple[str, dict[str, Any]]]:
@@ -77,3 +97,71 @@ async def test_an_unread_task_is_sent_once_as_it_is_now_and_its_end_is_never_los
     got = await drain(messages)
     assert [(k, o["status"], o["progress"]) for k, o in got] == [("task", "completed", 1.0)]
     bus.close_all()
+
+
+async def test_changes_replaced_before_they_are_sent_are_never_encoded(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = EventBus()
+    enc = counted(bus, monkeypatch)
+    messages = bus.subscribe()
+    a = agent(cpu_percent=0.0)
+    bus.publish("agent", a)
+    await anext(messages)
+    for i in range(1, 1001):  # heartbeats of the registry's live agent, held for the second
+        a.cpu_percent, a.revision = float(i), next_revision()
+        bus.publish("agent", a)
+        await asyncio.sleep(0)
+    _, obj = decode(await asyncio.wait_for(anext(messages), 5))
+    assert (obj["cpu_percent"], obj["revision"]) == (1000.0, a.revision)
+    assert enc.calls == 2, "one encoding per message sent"
+    bus.close_all()
+
+
+async def test_a_message_is_encoded_when_sent_once_for_all_subscribers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = EventBus()
+    enc = counted(bus, monkeypatch)
+    first, second = bus.subscribe(), bus.subscribe()
+    t = Task(id="t1", agent_id="a1", model="m", status="downloading")
+    bus.publish("task", t)
+    t.status = "completed"  # the live object changed since: it goes as it is now
+    one, two = await anext(first), await anext(second)
+    assert one == two
+    assert decode(one)[1]["status"] == "completed"
+    assert enc.calls == 1
+    bus.close_all()
+
+
+async def test_a_reader_that_reads_nothing_is_dropped_without_encoding_for_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    bus = EventBus(max_unread_bytes=100 * GUESS_BYTES)
+    enc = counted(bus, monkeypatch)
+    dropped: list[bool] = []
+    bus.subscribe(on_drop=lambda: dropped.append(True))
+    for i in range(100):  # nothing sent yet: each counts as GUESS_BYTES
+        bus.publish("task", Task(id=f"t{i}", agent_id="a1", model="m"))
+    assert (bus.dropped, dropped) == (0, [])
+    bus.publish("task", Task(id="t100", agent_id="a1", model="m"))
+    assert (bus.dropped, dropped, bus.subscribers) == (1, [True], 0)
+    assert enc.calls == 0
+    bus.close_all()
+
+
+async def test_unsent_changes_count_as_the_last_message_of_their_kind() -> None:
+    bus = EventBus(max_unread_bytes=100_000)
+    reader = bus.subscribe()
+    big = agent(status_message="s" * 20_000)
+    bus.publish("agent", big)
+    assert len(await anext(reader)) > 20_000
+    reader.close()
+    stuck = bus.subscribe()
+    published = 0
+    while not bus.dropped and published < 100:
+        big.revision = next_revision()
+        bus.publish("agent", big)
+        published += 1
+    assert published == 5, "dropped past 100 KB of ~20 KB changes, not 100 × GUESS_BYTES"
+    assert await anext(stuck, None) is None
