@@ -164,15 +164,21 @@ class EventBus:
     def publish(self, kind: str, obj: Any) -> None:
         """``obj`` is encoded when it is sent, as it is then: pass the live object (what
         it becomes is what a reader wants) or one left unchanged."""
-        key = (kind, getattr(obj, "id", ""))
+        key = (kind, obj.get("id", "") if isinstance(obj, dict) else getattr(obj, "id", ""))
         sig = _signature(obj) if kind == "agent" else None
         if sig is not None:
             self._known[key[1]] = sig
+        elif kind == "agent_removed":
+            self._known.pop(key[1], None)
         if not self._subs:
             return
         msg = _Message(kind, obj, sig)
         size = self._sizes.get(kind, GUESS_BYTES)
         for sub in list(self._subs):
+            if kind == "agent_removed":
+                # A change still held would come after the removal and bring the agent back.
+                sub.held.pop(key[1], None)
+                sub.now.pop(("agent", key[1]), None)
             sub.behind += size
             if sub.behind > self._max:
                 self._drop(sub)

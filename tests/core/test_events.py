@@ -165,3 +165,27 @@ async def test_unsent_changes_count_as_the_last_message_of_their_kind() -> None:
         published += 1
     assert published == 5, "dropped past 100 KB of ~20 KB changes, not 100 × GUESS_BYTES"
     assert await anext(stuck, None) is None
+
+
+async def test_a_removed_agent_is_not_brought_back_by_a_change_held_before() -> None:
+    bus = EventBus()
+    messages = bus.subscribe()
+    bus.publish("agent", agent())
+    await anext(messages)
+    bus.publish("agent", agent(cpu_percent=5.0))  # held for the rest of its second
+    bus.publish("agent_removed", {"id": "a1"})
+    got = await asyncio.wait_for(anext(messages), 0.5)
+    assert decode(got) == ("agent_removed", {"id": "a1"})
+    await asyncio.sleep(1.1)  # the held change's second has passed
+    assert await drain(messages) == []
+    bus.close_all()
+
+
+async def test_two_removals_before_the_reader_reads_are_both_sent() -> None:
+    bus = EventBus()
+    messages = bus.subscribe()
+    bus.publish("agent_removed", {"id": "a1"})
+    bus.publish("agent_removed", {"id": "a2"})
+    got = await drain(messages)
+    assert got == [("agent_removed", {"id": "a1"}), ("agent_removed", {"id": "a2"})]
+    bus.close_all()
