@@ -23,16 +23,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
-import random
 import statistics
 import time
 from pathlib import Path
 from types import ModuleType
 
-from bench.hbload import GPU_MEMORY, GPU_NAME, MODELS
+import msgspec
+
+from bench.hbload import GPU_MEMORY, GPU_NAME, MODELS, heartbeat_bodies
 from fleetd.core import events
 from fleetd.core.gpu import Gpu
-from fleetd.core.wire import Agent, next_revision, utcnow
+from fleetd.core.wire import Agent, Heartbeat, next_revision, utcnow
 
 BATCH = 10
 FIGURES = 64
@@ -67,24 +68,11 @@ def fleet(n: int) -> list[Agent]:
     ]
 
 
-def figures(seed: int = 12) -> list[tuple[list[Gpu], float, float, int]]:
-    rng = random.Random(seed)
+def figures() -> list[tuple[list[Gpu], float | None, float | None, int]]:
+    """The heartbeat figures ``bench.hbload`` sends, as the registry takes them."""
+    beats = [msgspec.json.decode(b, type=Heartbeat) for b in heartbeat_bodies(8, FIGURES)]
     return [
-        (
-            [
-                Gpu(
-                    name=GPU_NAME,
-                    memory_bytes=GPU_MEMORY,
-                    memory_used_bytes=rng.randrange(GPU_MEMORY // 2, GPU_MEMORY),
-                    utilization=round(rng.random(), 2),
-                )
-                for _ in range(8)
-            ],
-            round(rng.uniform(2, 60), 1),
-            round(rng.uniform(20, 40), 1),
-            rng.randrange(8),
-        )
-        for _ in range(FIGURES)
+        (hb.gpus or [], hb.cpu_percent, hb.memory_percent, hb.requests_in_flight) for hb in beats
     ]
 
 
