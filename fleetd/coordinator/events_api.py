@@ -31,8 +31,8 @@ async def stream_events(request: web.Request) -> web.StreamResponse:
     messages = request.app[EVENTS].subscribe(on_drop=hang_up)
     try:
         await resp.write(b"retry: 2000\n\n")
-        async for msg in messages:
-            await resp.write(msg)
+        async for chunk in messages.batches():
+            await resp.write(chunk)
     except ConnectionResetError:
         pass
     finally:

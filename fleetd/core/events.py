@@ -54,6 +54,8 @@ MAX_UNREAD_BYTES = 8 << 20
 """Changes offered to a reader since it last took a message, past which it is dropped."""
 GUESS_BYTES = 1024
 """A change's size, for ``MAX_UNREAD_BYTES``, before any message of its kind was encoded."""
+BATCH_BYTES = 64 << 10
+"""What one write of ``Subscription.batches`` joins at most (more when one message is)."""
 
 Key = tuple[str, str]
 Signature = tuple[Any, ...]
@@ -287,17 +289,33 @@ class EventBus:
                 except asyncio.TimeoutError:
                     pass
                 continue
-            key, msg = next(iter(sub.now.items()))
-            del sub.now[key]
-            data = self._encoded(msg)
-            if msg.sig is not None:
-                last = sub.last.get(key[1])
-                if last is not None and last[1] == msg.sig:
-                    sub.budget -= len(data)
-                sub.last[key[1]] = (self._clock(), msg.sig)
-            sub.behind = 0
-            return data
+            return self._take(sub)
         return None
+
+    def _take(self, sub: _Subscriber) -> bytes:
+        """The first of ``sub.now``, encoded and accounted for as sent."""
+        key, msg = next(iter(sub.now.items()))
+        del sub.now[key]
+        data = self._encoded(msg)
+        if msg.sig is not None:
+            last = sub.last.get(key[1])
+            if last is not None and last[1] == msg.sig:
+                sub.budget -= len(data)
+            sub.last[key[1]] = (self._clock(), msg.sig)
+        sub.behind = 0
+        return data
+
+    async def _batch(self, sub: _Subscriber, max_bytes: int) -> bytes | None:
+        """The next message and those ready behind it, up to about ``max_bytes``."""
+        first = await self._next(sub)
+        if first is None or not sub.now:
+            return first
+        parts = [first]
+        size = len(first)
+        while sub.now and size < max_bytes and not sub.closed:
+            parts.append(data := self._take(sub))
+            size += len(data)
+        return b"".join(parts)
 
     def close_all(self) -> None:
         """Ends every subscription, so shutdown does not wait on open SSE streams."""
@@ -322,6 +340,12 @@ class Subscription:
         if msg is None:
             raise StopAsyncIteration
         return msg
+
+    async def batches(self, max_bytes: int = BATCH_BYTES) -> AsyncIterator[bytes]:
+        """Every message ready at once joined in one chunk (one write, one send call for a
+        whole registration group instead of one per agent), ending at ``close_all``."""
+        while (chunk := await self._bus._batch(self._sub, max_bytes)) is not None:
+            yield chunk
 
     def close(self) -> None:
         self._sub.closed = True

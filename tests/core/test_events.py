@@ -189,3 +189,23 @@ async def test_two_removals_before_the_reader_reads_are_both_sent() -> None:
     got = await drain(messages)
     assert got == [("agent_removed", {"id": "a1"}), ("agent_removed", {"id": "a2"})]
     bus.close_all()
+
+
+async def test_messages_ready_together_go_in_one_chunk_up_to_its_limit() -> None:
+    bus = EventBus()
+    messages = bus.subscribe()
+    for i in range(5):
+        bus.publish("task", Task(id=f"t{i}", agent_id="a1", model="m"))
+    chunks = messages.batches(max_bytes=1)  # every message passes the limit on its own
+    first = await anext(chunks)
+    assert [decode(first)[1]["id"]] == ["t0"]
+    chunks = messages.batches()
+    rest = (await anext(chunks)).decode().strip().split("\n\n")
+    assert [msgspec.json.decode(m.split("data: ")[1])["id"] for m in rest] == [
+        "t1",
+        "t2",
+        "t3",
+        "t4",
+    ]
+    bus.close_all()
+    assert await anext(chunks, None) is None
