@@ -12,8 +12,7 @@ is full: ``pick`` passes it over, and the gate's waiters are woken when a slot f
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
-from functools import partial
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.metrics import Metrics
@@ -59,7 +58,6 @@ class Pools:
         self.supported = frozenset(supported)
         self.holds: Callable[[Agent], Iterable[str]] = lambda a: self.supported
         """The models ``a`` must hold (placement, GPU fit): what it serves once all ready."""
-        self.metrics = metrics
         self._new_pool = balancer
         self.pools: dict[str, Balancer] = {}
         """Model -> the online, non-initializing, healthy agents that can serve it."""
@@ -78,7 +76,6 @@ class Pools:
         """Agent id -> the models whose pools it is in."""
         self._extra: dict[str, frozenset[str]] = {}
         self._holders: dict[str, int] = {}
-        self._gauged: set[str] = set()
         self._active: dict[str, tuple[str, str]] = {}
         """Unfinished download task id -> (agent id, model)."""
         self._fetching: dict[str, set[str]] = {}
@@ -88,6 +85,7 @@ class Pools:
         for t in tasks:
             self.task_changed(t)
         inventory.on_change.append(self.installed_changed)
+        metrics.in_flight.source = self._in_flight_by_agent
         for a in list(agents.values()):
             # As the store knew them before a restart: an agent that was ready is a candidate
             # until its first heartbeat says otherwise (a failure moves the request on).
@@ -185,10 +183,6 @@ class Pools:
             for pool in member:
                 pool.update(a.id, load)
             return
-        if a.id not in self._gauged:
-            # Read at scrape time, so that requests do not pay for the gauge.
-            self._gauged.add(a.id)
-            self.metrics.in_flight.labels(a.id).set_function(partial(self._in_flight, a.id))
         self._set_extra(a.id, self._models(a))
         if a.status == "online":
             # Any news from the agent itself proves it is up again.
@@ -289,8 +283,10 @@ class Pools:
 
     # -- in-flight accounting --------------------------------------------------------------
 
-    def _in_flight(self, agent_id: str) -> float:
-        return self.in_flight.get(agent_id, 0)
+    def _in_flight_by_agent(self) -> Iterator[tuple[str, int]]:
+        """Read at scrape time, so that neither requests nor registrations pay for it."""
+        for agent_id in self.agents:
+            yield agent_id, self.in_flight.get(agent_id, 0)
 
     def pick(self, model: str) -> str | None:
         """An agent for ``model`` with its in-flight count raised (``end`` it), or None."""
