@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -57,12 +58,20 @@ def _check_name(name: str) -> None:
         )
 
 
-def _check_url(url: str) -> None:
-    """An http(s) URL with a host and a port in 1-65535, nothing unprintable."""
+_PLAIN_URL = re.compile(r"https?://[A-Za-z0-9.-]+:([1-9][0-9]{0,4})(?:/[!-~]*)?")
+"""What almost every agent sends (``http://host:port/``): valid when its port is at most
+65535, without the cost of ``urlsplit`` (a fifth of a registration's own checks)."""
+
+
+def _check_url(url: str) -> int:
+    """An http(s) URL with a host and a port in 1-65535, nothing unprintable; its port."""
+    plain = _PLAIN_URL.fullmatch(url)
+    if plain is not None and (port := int(plain[1])) <= 65535:
+        return port
     why = ""
     try:
         parts = urlsplit(url)
-        port = parts.port
+        port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
         why = "invalid port (expected 1-65535)"
     else:
@@ -70,12 +79,13 @@ def _check_url(url: str) -> None:
             why = "expected an http:// or https:// URL"
         elif not parts.hostname:
             why = "the URL has no host"
-        elif port == 0:
+        elif parts.port == 0:
             why = "port 0 is not a port to connect to (1-65535)"
         elif not url.isprintable() or " " in url:
             why = "spaces and control characters are not allowed"
     if why:
         raise ApiError(400, "bad_request", f"url: {why}, got {url!r}", param="url")
+    return port
 
 
 @routes.post("/api/agents")
@@ -101,8 +111,8 @@ async def register_agent(request: web.Request) -> web.Response:
             )
         reg = await read_json(request, Registration)
     _check_name(reg.name)
-    _check_url(reg.url)
-    await refuse_self(request, reg.url)
+    port = _check_url(reg.url)
+    await refuse_self(request, reg.url, port)
     holds = request.app[MODEL_SETS].for_labels(reg.labels)
     agent = await request.app[REGISTRY].register(reg, total_models=len(holds))
     if reg.models is not None:

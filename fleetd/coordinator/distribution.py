@@ -289,9 +289,16 @@ class Distribution:
             if agent.draining:
                 return  # nothing new while drained; undrain syncs again
             wanted = self.supported if self.wanted is None else await self.wanted(agent)
+            # Most syncs (a fleet registering at once) find every model there or on its way:
+            # only the others are planned.
+            lacking = [
+                m
+                for m in wanted
+                if not self.inventory.has(agent_id, m) and agent_id not in self.tasks.active_for(m)
+            ]
             new = [
                 self.create(a, m)
-                for m in wanted
+                for m in lacking
                 for a in plan(
                     m,
                     [agent],

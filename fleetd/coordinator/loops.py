@@ -95,14 +95,16 @@ def _is_local(ip: str) -> bool:
     return True
 
 
-async def refuse_self(request: web.Request, url: str) -> None:
-    """400 ``agent_url_is_coordinator`` when ``url`` reaches this coordinator: same port as
-    the one the registration came in on, and a host that is this machine (any local address
-    when the coordinator listens on a wildcard address, else its listen address)."""
+async def refuse_self(request: web.Request, url: str, port: int) -> None:
+    """400 ``agent_url_is_coordinator`` when ``url`` (a valid one, to ``port``) reaches this
+    coordinator: same port as the one the registration came in on, and a host that is this
+    machine (any local address when the coordinator listens on a wildcard address, else its
+    listen address)."""
     sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if not sockname or port != sockname[1]:
+        return
     parts = urlsplit(url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    if not sockname or port != sockname[1] or not parts.hostname:
+    if not parts.hostname:
         return
     try:
         infos = await asyncio.wait_for(

