@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections import Counter
 
 import pytest
@@ -92,6 +93,48 @@ def test_least_busy_counts_requests_and_survives_long_runs() -> None:
         pool.started(agent_id)
         pool.finished(agent_id)
     assert len(pool._heap) <= 2 * len(pool) + 65  # type: ignore[attr-defined]
+
+
+def test_least_busy_picks_the_least_loaded_however_many_heartbeats_came_between_picks() -> None:
+    """Heartbeats between picks from one to thousands: each pick is what a scan of every
+    member would choose, and memory stays bounded by the members (none waits for picks)."""
+    pool = make("least-busy")
+    rng = random.Random(7)
+    members = [f"a{i}" for i in range(200)]
+    loads: dict[str, Load] = {}
+    in_flight: Counter[str] = Counter()
+    for quiet in (1, 3, 30, 5_000, 2, 0, 400):
+        for _ in range(quiet):
+            agent_id = rng.choice(members)
+            loads[agent_id] = Load(
+                in_flight[agent_id], rng.randrange(3), rng.choice((0.0, 0.5, 0.9)), rng.randrange(4)
+            )
+            pool.update(agent_id, loads[agent_id])
+            if rng.random() < 0.05:
+                pool.discard(agent_id)
+                del loads[agent_id]
+        assert len(pool._heap) + len(pool._changed) <= 4 * len(members) + 100  # type: ignore[attr-defined]
+        for _ in range(20):
+            agent_id = pool.pick()
+            best = min(
+                (
+                    in_flight[a],
+                    loads[a].reported_in_flight,
+                    loads[a].utilization,
+                    -loads[a].memory_free_bytes,
+                )
+                for a in loads
+            )
+            assert agent_id is not None
+            got = loads[agent_id]
+            assert (
+                in_flight[agent_id],
+                got.reported_in_flight,
+                got.utilization,
+                -got.memory_free_bytes,
+            ) == best
+            pool.started(agent_id)
+            in_flight[agent_id] += 1
 
 
 def test_a_rejoining_agent_keeps_its_in_flight_count() -> None:
