@@ -209,3 +209,24 @@ async def test_messages_ready_together_go_in_one_chunk_up_to_its_limit() -> None
     ]
     bus.close_all()
     assert await anext(chunks, None) is None
+
+
+async def test_held_changes_coming_due_over_a_second_go_in_a_few_writes() -> None:
+    """Agents last sent at different moments: their held figures come due one by one, and
+    the reader takes them on a coarse tick, not one wake-up (and write) per agent."""
+    bus = EventBus()
+    messages = bus.subscribe()
+    chunks = messages.batches()
+    fleet = [Agent(id=f"a{i}", name=f"gpu-{i}", url="http://x") for i in range(40)]
+    for a in fleet:  # first messages 25 ms apart: their seconds end 25 ms apart
+        bus.publish("agent", a)
+        await anext(chunks)
+        await asyncio.sleep(0.025)
+    for a in fleet:
+        a.cpu_percent, a.revision = 50.0, next_revision()
+        bus.publish("agent", a)
+    got: list[bytes] = []
+    while sum(c.count(b"event: agent") for c in got) < len(fleet):
+        got.append(await asyncio.wait_for(anext(chunks), 3))
+    assert len(got) <= 8, f"{len(got)} writes for {len(fleet)} held changes"
+    bus.close_all()
