@@ -29,7 +29,8 @@ from fleetd.coordinator.distribution import run_distribution
 from fleetd.coordinator.gateway import GATEWAY, gateway_ctx
 from fleetd.coordinator.history import history_ctx
 from fleetd.coordinator.inventory import inventory_ctx
-from fleetd.coordinator.metrics import METRICS, Metrics, metrics_middleware, serve_metrics
+from fleetd.coordinator.metrics import METRICS, Metrics, serve_metrics
+from fleetd.coordinator.middleware import coordinator_middleware
 from fleetd.coordinator.mirror import routes as mirror_routes
 from fleetd.coordinator.mirror.service import mirror_ctx
 from fleetd.coordinator.model_sets import model_sets_ctx
@@ -39,7 +40,7 @@ from fleetd.coordinator.token_sync import tokens_ctx
 from fleetd.coordinator.usage import accounts_ctx
 from fleetd.coordinator.vram import sizes_ctx
 from fleetd.core import tokens
-from fleetd.core.errors import MAX_BODY_BYTES, StartupError, error_middleware
+from fleetd.core.errors import MAX_BODY_BYTES, StartupError
 from fleetd.core.events import EVENTS, events_ctx
 from fleetd.core.http import client_ctx
 from fleetd.core.plugins import load_plugin
@@ -103,7 +104,7 @@ async def build_app(config: Config) -> web.Application:
     data_dir = expand(c.data_dir)
     await asyncio.to_thread(_prepare_data_dir, data_dir)
     app = web.Application(
-        middlewares=[metrics_middleware, error_middleware, loops.loop_guard],
+        middlewares=[coordinator_middleware],
         client_max_size=MAX_BODY_BYTES,
         # A client that disconnects cancels its handler, and so its request to the agent.
         handler_args={"handler_cancellation": True},

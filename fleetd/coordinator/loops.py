@@ -15,7 +15,6 @@ import ipaddress
 import logging
 import socket
 import uuid
-from collections.abc import Awaitable, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -29,8 +28,6 @@ log = logging.getLogger("fleetd.loops")
 HEADER = "X-Fleetd-Coordinator"
 MAX_HOPS = 8
 """A request that went through more coordinators than this is refused as a loop too."""
-
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 SELF_ID = web.AppKey("coordinator_instance_id", str)
 
@@ -54,10 +51,9 @@ def forward_mark(request: web.Request, self_id: str) -> str:
     return ", ".join([*_chain(request)[:MAX_HOPS], self_id])
 
 
-@web.middleware
-async def loop_guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-    if HEADER not in request.headers:  # a client's request, not one a coordinator sent
-        return await handler(request)
+def refuse_loop(request: web.Request) -> None:
+    """508 for a request this coordinator sent that came back to it (the caller checks first
+    that it carries ``HEADER`` at all: a client's request does not)."""
     chain = _chain(request)
     if request.app[SELF_ID] in chain or len(chain) > MAX_HOPS:
         log.warning(
@@ -73,7 +69,6 @@ async def loop_guard(request: web.Request, handler: Handler) -> web.StreamRespon
             "this request was sent by this coordinator and came back to it: an agent's URL "
             "points at the coordinator itself (check the agents' advertise_url)",
         )
-    return await handler(request)
 
 
 async def stamp(request: web.Request, response: web.StreamResponse) -> None:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -114,40 +113,6 @@ class Metrics:
 
 
 METRICS = web.AppKey("metrics", Metrics)
-
-_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-CLIENT_CLOSED = 499
-"""nginx's status for a client that closed the connection before its answer was done: a
-closed dashboard tab or an abandoned stream is not a server fault, so never counted as 5xx."""
-
-
-def _client_gone(request: web.Request) -> bool:
-    transport = request.transport
-    return transport is None or transport.is_closing()
-
-
-@web.middleware
-async def metrics_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-        return resp
-    except web.HTTPException as e:
-        status = e.status
-        raise
-    except (asyncio.CancelledError, ConnectionResetError):
-        # handler_cancellation: the client hanging up cancels its handler.
-        if _client_gone(request):
-            status = CLIENT_CLOSED
-        raise
-    finally:
-        info = request.match_info.route.resource
-        request.app[METRICS].count_request(
-            info.canonical if info is not None else "unmatched", status
-        )
 
 
 async def serve_metrics(request: web.Request) -> web.Response:

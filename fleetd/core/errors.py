@@ -137,15 +137,15 @@ def error_response(path: str, err: ApiError) -> web.Response:
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except ApiError as e:
+def error_reply(request: web.Request, e: Exception) -> web.Response:
+    """The JSON answer for what a handler raised; a redirect (``HTTPException`` below 400)
+    is raised again. Call it from the ``except`` block, so an unexpected error is logged
+    with its traceback."""
+    if isinstance(e, ApiError):
         return error_response(request.path, e)
-    except web.HTTPException as e:
+    if isinstance(e, web.HTTPException):
         if e.status < 400:
-            raise
+            raise e
         code = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}.get(
             e.status, "http_error"
         )
@@ -156,10 +156,17 @@ async def error_middleware(request: web.Request, handler: _Handler) -> web.Strea
         else:
             message = e.reason
         return error_response(request.path, ApiError(e.status, code, message))
-    except RecursionError:
+    if isinstance(e, RecursionError):
         # Only untrusted input nests deep enough (JSON decoded without read_json's check).
         log.warning("%s %s: request nested too deeply", request.method, request.path)
         return error_response(request.path, too_deep())
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        return error_response(request.path, ApiError(500, "internal", "internal error"))
+    log.exception("unhandled error on %s %s", request.method, request.path)
+    return error_response(request.path, ApiError(500, "internal", "internal error"))
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except Exception as e:
+        return error_reply(request, e)
