@@ -44,8 +44,9 @@ def _stream_until_cut(url: str, body: dict[str, Any], stop: Any) -> list[str]:
     with httpx.stream("POST", url, json=body, timeout=60) as r:
         assert r.status_code == 200
         for line in r.iter_lines():
-            if line:
-                lines.append(line)
+            if not line:
+                continue
+            lines.append(line)
             if len(lines) == 1:
                 stop()
     return lines
@@ -65,14 +66,21 @@ def test_a_stopping_coordinator_ends_its_streams_saying_so(fleet: Fleet) -> None
     assert coord.wait_exit() == 0
 
 
-def test_a_stopping_agent_ends_its_streams_saying_so(fleet: Fleet) -> None:
+def test_a_stopping_agent_ends_its_streams_saying_so_even_when_signalled_twice(
+    fleet: Fleet,
+) -> None:
     setup = start(fleet, 1, sim_args=SLOW_SIM)
     agent = setup.agents[0]
+
+    def stop_twice() -> None:
+        agent.popen.send_signal(signal.SIGTERM)
+        agent.wait_for_line("agent shutting down")
+        agent.popen.send_signal(signal.SIGTERM)  # as a supervisor or script may
+
     body = {"model": CHAT, "messages": MESSAGES, "stream": True}
-    lines = _stream_until_cut(
-        agent.url + "/v1/chat/completions", body, lambda: agent.popen.send_signal(signal.SIGTERM)
-    )
+    lines = _stream_until_cut(agent.url + "/v1/chat/completions", body, stop_twice)
     error = json.loads(lines[-1].removeprefix("data: "))["error"]
     assert error["code"] == "shutting_down", lines[-3:]
     assert "agent is shutting down" in error["message"]
     assert agent.wait_exit() == 0
+    assert "agent already shutting down" in agent.log
