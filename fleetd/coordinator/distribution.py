@@ -83,6 +83,7 @@ class Distribution:
         registry.on_online.append(self._agent_online)
         registry.on_offline.append(self._agent_offline)
         registry.on_forget.append(self._agent_forgotten)
+        registry.on_online_elsewhere.append(self._agent_online_elsewhere)
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -158,6 +159,8 @@ class Distribution:
         if verdict == "ended":
             self._ended(t)
         elif verdict == "progress":
+            if t.status == "downloading":
+                self.orders.forget(t.id)  # the agent has the order: nothing left to deliver
             self._changed(t)
         return verdict != "drop"
 
@@ -203,7 +206,7 @@ class Distribution:
         """Another coordinator's copy of a task, read from the database: taken when newer
         than ours, and published here. The leader makes sure a queued task's order arrives
         (its creator may die before delivering it; orders are idempotent); a coordinator that
-        becomes the leader later does the same for every queued task (``take_over``). The
+        becomes the leader later does the same for every queued or waiting task (``take_over``). The
         inventory hears of a completion from the other coordinator's own write."""
         observe_revision(copy.revision)
         t = self.tasks.get(copy.id)
@@ -224,10 +227,11 @@ class Distribution:
             fn(t)
 
     def take_over(self) -> None:
-        """This coordinator now leads: every queued task is ordered again shortly, as after a
-        restart (the coordinator that created it may have died before delivering it)."""
+        """This coordinator now leads: every queued or waiting task is ordered again shortly
+        once its agent is online, as after a restart (the coordinator that created it, or
+        that saw its agent come back, may have died before delivering it)."""
         for t in self.tasks.values():
-            if t.status == "queued":
+            if t.status in ("queued", "waiting"):
                 self.orders.expect(t)
 
     async def catch_up(self, report: ProgressReport) -> None:
@@ -248,6 +252,15 @@ class Distribution:
         # A registration reports the agent's list right after this (see agents_api): the
         # sync asks the agent only if no list came in between.
         self.jobs.spawn(self.sync(agent.id, since=self.inventory.reports(agent.id)))
+
+    def _agent_online_elsewhere(self, agent: Agent) -> None:
+        # The coordinator the agent came back through re-sends its orders; the leader does
+        # too unless the agent reports them under way first, lest that coordinator die before
+        # (orders are idempotent).
+        if self.leading:
+            for t in self.tasks.active_of(agent.id):
+                if t.status in ("queued", "waiting"):
+                    self.orders.expect(t)
 
     def _agent_forgotten(self, agent: Agent) -> None:
         for t in self.tasks.active_of(agent.id):

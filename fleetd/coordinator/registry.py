@@ -46,6 +46,8 @@ class Registry:
         self.on_offline: list[Listener] = []
         self.on_offline_elsewhere: list[Listener] = []
         """Called when another coordinator judged an agent offline (cluster.py)."""
+        self.on_online_elsewhere: list[Listener] = []
+        """Called when an agent registered or came back through another coordinator."""
         self.on_change: list[Listener] = []
         """Called on every change, heartbeats included (balancer, gate)."""
         self.on_forget: list[Listener] = []
@@ -269,6 +271,8 @@ class Registry:
         self._notify(self.on_change, a)
         if was_online and a.status == "offline":
             self._notify(self.on_offline_elsewhere, a)
+        elif not was_online and a.status == "online":
+            self._notify(self.on_online_elsewhere, a)
 
     def heard_elsewhere(self, agent_ids: list[str]) -> None:
         """Another coordinator heard from these agents just now: they are alive."""

@@ -11,14 +11,14 @@ from typing import Any
 import msgspec
 import pytest
 
-from fleetd.coordinator import task_state
+from fleetd.coordinator import orders, task_state
 from fleetd.coordinator.distribution import Distribution
 from fleetd.coordinator.inventory import Inventory
 from fleetd.coordinator.registry import Registry
 from fleetd.core.events import EventBus
 from fleetd.core.gpu import Gpu
 from fleetd.core.store import SqliteStore
-from fleetd.core.wire import Agent, ProgressReport, Registration, TaskUpdate
+from fleetd.core.wire import Agent, ProgressReport, Registration, Task, TaskUpdate, next_revision
 
 M = "llama3.2:1b"
 
@@ -210,3 +210,56 @@ async def test_an_order_refused_for_good_fails_the_task(
     await d.launch([t])
     await until(lambda: t.status == "failed")
     assert t.error is not None and "refused the order: no such model" in t.error
+
+
+# -- duties of the coordinator that leads, when several share a database --------------------
+
+
+def _order_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Orders expected by the leader fall due at once instead of after ``ORPHAN_S``."""
+    monkeypatch.setattr(orders, "ORPHAN_S", 0.0)
+
+
+def _waiting_elsewhere(d: Distribution, a: Agent) -> Task:
+    """A task another coordinator wrote as waiting for ``a``, as this one reads it."""
+    t = task_state.new(msgspec.structs.replace(a, status="offline"), M)
+    t.revision = next_revision()
+    d.apply_remote(t)
+    return t
+
+
+async def test_a_new_leader_orders_tasks_left_waiting_for_an_agent_that_is_back(
+    dist: tuple[Distribution, FakeAgentApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The agent came back through a coordinator that died before re-sending the order.
+    d, api = dist
+    api.release.set()
+    _order_at_once(monkeypatch)
+    d.leading = False
+    t = _waiting_elsewhere(d, next(iter(d.registry.agents.values())))
+    d.orders.resend_due(d.tasks.get)
+    await asyncio.sleep(0.05)
+    assert ("POST", "/tasks") not in api.calls  # not this coordinator's duty yet
+    d.leading = True
+    d.take_over()
+    d.orders.resend_due(d.tasks.get)
+    await until(lambda: ("POST", "/tasks") in api.calls)
+    assert t.status == "queued"  # the agent took the order
+
+
+async def test_the_leader_orders_waiting_tasks_of_an_agent_back_through_another(
+    dist: tuple[Distribution, FakeAgentApi], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    d, api = dist
+    api.release.set()
+    _order_at_once(monkeypatch)
+    a = next(iter(d.registry.agents.values()))
+    d.registry.apply_remote(msgspec.structs.replace(a, status="offline", revision=next_revision()))
+    t = _waiting_elsewhere(d, a)
+    d.orders.resend_due(d.tasks.get)
+    await asyncio.sleep(0.05)
+    assert ("POST", "/tasks") not in api.calls  # nothing is sent to an offline agent
+    d.registry.apply_remote(msgspec.structs.replace(a, status="online", revision=next_revision()))
+    d.orders.resend_due(d.tasks.get)
+    await until(lambda: ("POST", "/tasks") in api.calls)
+    assert t.status == "queued"
