@@ -206,8 +206,9 @@ class Distribution:
         """Another coordinator's copy of a task, read from the database: taken when newer
         than ours, and published here. The leader makes sure a queued task's order arrives
         (its creator may die before delivering it; orders are idempotent); a coordinator that
-        becomes the leader later does the same for every queued or waiting task (``take_over``). The
-        inventory hears of a completion from the other coordinator's own write."""
+        becomes the leader later does the same for every queued or waiting task
+        (``take_over``). The inventory hears of a completion from the other coordinator's
+        own write."""
         observe_revision(copy.revision)
         t = self.tasks.get(copy.id)
         if t is not None and t.revision >= copy.revision:

@@ -47,7 +47,8 @@ class Registry:
         self.on_offline_elsewhere: list[Listener] = []
         """Called when another coordinator judged an agent offline (cluster.py)."""
         self.on_online_elsewhere: list[Listener] = []
-        """Called when an agent registered or came back through another coordinator."""
+        """Called when an agent known here came back through another coordinator (a new one's
+        tasks arrive as their own news)."""
         self.on_change: list[Listener] = []
         """Called on every change, heartbeats included (balancer, gate)."""
         self.on_forget: list[Listener] = []
@@ -254,6 +255,7 @@ class Registry:
                 a.draining = copy.draining
                 self._changed(a, persist=False)
             return
+        was_offline = a is not None and a.status != "online"
         was_online = a is not None and a.status == "online"
         if a is None:
             a = copy
@@ -271,7 +273,7 @@ class Registry:
         self._notify(self.on_change, a)
         if was_online and a.status == "offline":
             self._notify(self.on_offline_elsewhere, a)
-        elif not was_online and a.status == "online":
+        elif was_offline and a.status == "online":
             self._notify(self.on_online_elsewhere, a)
 
     def heard_elsewhere(self, agent_ids: list[str]) -> None:
