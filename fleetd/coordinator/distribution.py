@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 
 import aiohttp
 from aiohttp import web
@@ -231,9 +231,7 @@ class Distribution:
         """This coordinator now leads: every queued or waiting task is ordered again shortly
         once its agent is online, as after a restart (the coordinator that created it, or
         that saw its agent come back, may have died before delivering it)."""
-        for t in self.tasks.values():
-            if t.status in ("queued", "waiting"):
-                self.orders.expect(t)
+        self._expect_unsent(self.tasks.values())
 
     async def catch_up(self, report: ProgressReport) -> None:
         """Tasks in ``report`` this coordinator has not heard of yet (just created through
@@ -259,9 +257,13 @@ class Distribution:
         # too unless the agent reports them under way first, lest that coordinator die before
         # (orders are idempotent).
         if self.leading:
-            for t in self.tasks.active_of(agent.id):
-                if t.status in ("queued", "waiting"):
-                    self.orders.expect(t)
+            self._expect_unsent(self.tasks.active_of(agent.id))
+
+    def _expect_unsent(self, tasks: Iterable[Task]) -> None:
+        """Tasks whose agent has not said it took them are ordered once it is online."""
+        for t in tasks:
+            if t.status in ("queued", "waiting"):
+                self.orders.expect(t)
 
     def _agent_forgotten(self, agent: Agent) -> None:
         for t in self.tasks.active_of(agent.id):

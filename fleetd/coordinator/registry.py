@@ -255,7 +255,7 @@ class Registry:
                 a.draining = copy.draining
                 self._changed(a, persist=False)
             return
-        was_offline = a is not None and a.status != "online"
+        known = a is not None
         was_online = a is not None and a.status == "online"
         if a is None:
             a = copy
@@ -273,7 +273,7 @@ class Registry:
         self._notify(self.on_change, a)
         if was_online and a.status == "offline":
             self._notify(self.on_offline_elsewhere, a)
-        elif was_offline and a.status == "online":
+        elif known and not was_online and a.status == "online":
             self._notify(self.on_online_elsewhere, a)
 
     def heard_elsewhere(self, agent_ids: list[str]) -> None:

@@ -90,20 +90,19 @@ async def serve(
     stop = stop or asyncio.Event()
     raise_open_files_limit()
     loop = asyncio.get_running_loop()
-    halt = stop
 
     def on_signal() -> None:
         # The handlers stay until the shutdown is over: a repeated signal (a supervisor or
         # script sending SIGTERM twice) must not kill the process with the default action
         # in the middle of the grace period that lets streams end saying why.
-        if halt.is_set():
+        if stop.is_set():
             log.warning(
                 "%s already shutting down (requests in flight get up to %gs); "
                 "SIGKILL stops it at once",
                 what,
                 SHUTDOWN_TIMEOUT_S,
             )
-        halt.set()
+        stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, on_signal)

@@ -215,9 +215,25 @@ async def test_an_order_refused_for_good_fails_the_task(
 # -- duties of the coordinator that leads, when several share a database --------------------
 
 
-def _order_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Orders expected by the leader fall due at once instead of after ``ORPHAN_S``."""
+@pytest.fixture
+def leader(
+    dist: tuple[Distribution, FakeAgentApi], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Distribution, FakeAgentApi]:
+    """``dist``, whose agent takes orders at once and whose expected orders fall due at
+    once instead of after ``ORPHAN_S``."""
     monkeypatch.setattr(orders, "ORPHAN_S", 0.0)
+    dist[1].release.set()
+    return dist
+
+
+async def _resend_due(d: Distribution, api: FakeAgentApi) -> bool:
+    """Run the leader's retry sweep once; whether it sent an order (dispatching one starts
+    a job at once, so "not sent" needs no waiting)."""
+    d.orders.resend_due(d.tasks.get)
+    if not d.orders.jobs:
+        return False
+    await until(lambda: ("POST", "/tasks") in api.calls)
+    return True
 
 
 def _waiting_elsewhere(d: Distribution, a: Agent) -> Task:
@@ -229,37 +245,29 @@ def _waiting_elsewhere(d: Distribution, a: Agent) -> Task:
 
 
 async def test_a_new_leader_orders_tasks_left_waiting_for_an_agent_that_is_back(
-    dist: tuple[Distribution, FakeAgentApi], monkeypatch: pytest.MonkeyPatch
+    leader: tuple[Distribution, FakeAgentApi],
 ) -> None:
     # The agent came back through a coordinator that died before re-sending the order.
-    d, api = dist
-    api.release.set()
-    _order_at_once(monkeypatch)
+    d, api = leader
     d.leading = False
     t = _waiting_elsewhere(d, next(iter(d.registry.agents.values())))
-    d.orders.resend_due(d.tasks.get)
-    await asyncio.sleep(0.05)
-    assert ("POST", "/tasks") not in api.calls  # not this coordinator's duty yet
+    assert not await _resend_due(d, api)  # not this coordinator's duty yet
+    assert ("POST", "/tasks") not in api.calls
     d.leading = True
     d.take_over()
-    d.orders.resend_due(d.tasks.get)
-    await until(lambda: ("POST", "/tasks") in api.calls)
+    assert await _resend_due(d, api)
     assert t.status == "queued"  # the agent took the order
 
 
 async def test_the_leader_orders_waiting_tasks_of_an_agent_back_through_another(
-    dist: tuple[Distribution, FakeAgentApi], monkeypatch: pytest.MonkeyPatch
+    leader: tuple[Distribution, FakeAgentApi],
 ) -> None:
-    d, api = dist
-    api.release.set()
-    _order_at_once(monkeypatch)
+    d, api = leader
     a = next(iter(d.registry.agents.values()))
     d.registry.apply_remote(msgspec.structs.replace(a, status="offline", revision=next_revision()))
     t = _waiting_elsewhere(d, a)
-    d.orders.resend_due(d.tasks.get)
-    await asyncio.sleep(0.05)
-    assert ("POST", "/tasks") not in api.calls  # nothing is sent to an offline agent
+    assert not await _resend_due(d, api)  # nothing is sent to an offline agent
+    assert ("POST", "/tasks") not in api.calls
     d.registry.apply_remote(msgspec.structs.replace(a, status="online", revision=next_revision()))
-    d.orders.resend_due(d.tasks.get)
-    await until(lambda: ("POST", "/tasks") in api.calls)
+    assert await _resend_due(d, api)
     assert t.status == "queued"
